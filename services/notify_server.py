@@ -1,0 +1,322 @@
+"""Receivers for bucket notifications: a small HTTP server and a MinIO Redis-target consumer.
+
+HTTP (stdlib ``ThreadingHTTPServer``, loopback by default):
+
+- ``POST /events/s3``: S3 event JSON, MinIO's webhook target
+  (``MINIO_NOTIFY_WEBHOOK_ENDPOINT_<ID>=http://host:port/events/s3``, ``..._AUTH_TOKEN_<ID>`` for the token).
+- ``POST /events/seaweedfs``: the SeaweedFS filer's webhook notifier (``notification.toml``:
+  ``[notification.webhook] enabled = true, endpoint = "http://host:port/events/seaweedfs"``).
+- ``GET|HEAD`` on either path and ``GET /healthz``: 200 (MinIO probes its webhook target before sending).
+
+Wiring the producers (``vlwatch`` listening on 127.0.0.1:8471 with token ``T``)::
+
+    # MinIO, webhook target
+    MINIO_NOTIFY_WEBHOOK_ENABLE_VLWATCH=on
+    MINIO_NOTIFY_WEBHOOK_ENDPOINT_VLWATCH=http://127.0.0.1:8471/events/s3
+    MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_VLWATCH=T
+    mc event add ALIAS/BUCKET arn:minio:sqs::vlwatch:webhook --event put,delete
+
+    # MinIO, Redis target (consume_minio_redis(..., key="bucketevents", format="access"))
+    MINIO_NOTIFY_REDIS_ENABLE_VLWATCH=on MINIO_NOTIFY_REDIS_ADDRESS_VLWATCH=redis:6379
+    MINIO_NOTIFY_REDIS_KEY_VLWATCH=bucketevents MINIO_NOTIFY_REDIS_FORMAT_VLWATCH=access
+
+    # SeaweedFS: notification.toml in the filer's working folder, ~/.seaweedfs/ or /etc/seaweedfs/
+    [notification.webhook]
+    enabled = true
+    endpoint = "http://127.0.0.1:8471/events/seaweedfs"
+    bearer_token = "T"
+    path_prefixes = ["/buckets/BUCKET/"]   # optional: only the watched bucket
+
+A POST is registered before it is answered (a few milliseconds: one SQL round trip, one stat per new key), so
+a 200 means the job exists: 400 says why a document is malformed (the sender should not retry it); 401 is a
+missing or wrong bearer token; 503 means PostgreSQL or the store is unreachable, and the sender retries (both
+MinIO and the SeaweedFS filer retry non-2xx answers). The answer body is the counts as JSON.
+
+Redis: ``consume_minio_redis`` reads MinIO's Redis target. ``access`` format (a list, RPUSH): entries are moved
+atomically to ``<key>:processing`` (BLMOVE) and removed from there only after they are registered, so a crash
+loses nothing; unreadable entries go to ``<key>:rejected``. ``namespace`` format (a hash of current objects):
+the hash is scanned every ``poll_seconds``; registration is idempotent, so rescans only add new objects.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+
+from services.config import AppConfig
+from services.ingest import SendJob
+from services.notify import (
+    SEAWEED_BUCKETS_DIR, IngestCounts, NotificationError, ingest_document, ingest_events, parse_minio_redis,
+)
+from services.storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8471
+MAX_BODY = 8 * 1024 * 1024
+ROUTES = {"/events/s3": "s3", "/events/seaweedfs": "seaweedfs"}
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors a sender should retry: the database or the store is unreachable."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, (StorageUnavailable, OperationalError, ConnectionError, TimeoutError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class NotifyServer(ThreadingHTTPServer):
+    """The HTTP receiver; ``serve_forever`` in a thread, ``shutdown`` to stop."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, db_url: str, config: AppConfig, store, send_job: SendJob,  # noqa: ANN001
+                 host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
+                 verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR) -> None:
+        self.db_url, self.config, self.store, self.send_job = db_url, config, store, send_job
+        self.token, self.verify, self.buckets_dir = token, verify, buckets_dir
+        self.totals = IngestCounts()
+        self._lock = threading.Lock()
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def authorized(self, header: Optional[str]) -> bool:
+        if not self.token:
+            return True
+        if not header:
+            return False
+        value = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else header.strip()
+        return hmac.compare_digest(value.encode(), self.token.encode())
+
+    def handle_document(self, fmt: str, body: bytes) -> IngestCounts:
+        counts = ingest_document(self.db_url, self.config, self.store, fmt, body, self.send_job,
+                                 verify=self.verify, buckets_dir=self.buckets_dir)
+        with self._lock:
+            self.totals.add(counts)
+        return counts
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: NotifyServer
+    protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024  # headers and body leave in one segment (flushed after each request) ...
+    disable_nagle_algorithm = True  # ... and at once: no 40 ms delayed-ACK stall on keep-alive connections
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _answer(self, status: int, payload: dict, head: bool = False) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self._path()
+        if path in ROUTES or path == "/healthz":
+            self._answer(200, {"ok": True})
+        else:
+            self._answer(404, {"error": f"no such endpoint {path}"})
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        path = self._path()
+        self._answer(200 if path in ROUTES or path == "/healthz" else 404, {}, head=True)
+
+    def do_POST(self) -> None:  # noqa: N802
+        path = self._path()
+        fmt = ROUTES.get(path)
+        length = int(self.headers.get("Content-Length") or 0)
+        if fmt is None:
+            self._drain(length)
+            self._answer(404, {"error": f"no such endpoint {path} (known: {', '.join(ROUTES)})"})
+            return
+        if not self.server.authorized(self.headers.get("Authorization")):
+            self._drain(length)
+            self._answer(401, {"error": "missing or wrong bearer token"})
+            return
+        if length <= 0:
+            self._answer(400, {"error": "empty body (a JSON event document is expected)"})
+            return
+        if length > MAX_BODY:
+            self.close_connection = True
+            self._answer(413, {"error": f"body of {length} bytes exceeds {MAX_BODY}"})
+            return
+        body = self.rfile.read(length)
+        try:
+            counts = self.server.handle_document(fmt, body)
+        except NotificationError as exc:
+            log.warning("rejected %s notification: %s", fmt, exc)
+            self._answer(400, {"error": str(exc)})
+            return
+        except Exception as exc:  # noqa: BLE001 - the server keeps going; the sender retries on 5xx
+            if _transient(exc):
+                log.warning("cannot register %s notification now (%s); the sender will retry", fmt, exc)
+                self._answer(503, {"error": f"temporarily unavailable: {type(exc).__name__}"})
+            else:
+                log.exception("failed to ingest %s notification", fmt)
+                self._answer(500, {"error": f"internal error: {type(exc).__name__}"})
+            return
+        self._answer(200, counts.as_dict())
+
+    def _drain(self, length: int) -> None:
+        if 0 < length <= MAX_BODY:
+            self.rfile.read(length)
+        elif length:
+            self.close_connection = True
+
+
+def serve(
+    db_url: str, config: AppConfig, store, send_job: SendJob, host: str = "127.0.0.1",  # noqa: ANN001
+    port: int = DEFAULT_PORT, token: Optional[str] = None, stop_event: Optional[threading.Event] = None,
+    verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR,
+    on_ready: Optional[Callable[[str], None]] = None,
+) -> IngestCounts:
+    """Run the HTTP receiver until ``stop_event`` is set (forever if None); returns the totals.
+
+    ``port=0`` picks a free port; ``on_ready(url)`` is called once the socket listens.
+    """
+    server = NotifyServer(db_url, config, store, send_job, host, port, token, verify, buckets_dir)
+    log.info("listening for bucket notifications on %s (/events/s3, /events/seaweedfs)", server.url)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
+                              name="notify-http")
+    thread.start()
+    try:
+        if on_ready is not None:
+            on_ready(server.url)
+        (stop_event or threading.Event()).wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    return server.totals
+
+
+# ---- MinIO Redis target -------------------------------------------------------------------------------------
+
+def consume_minio_redis(
+    redis_url: str, key: str, format: str, db_url: str, config: AppConfig, store,  # noqa: A002, ANN001
+    send_job: SendJob, stop_event: Optional[threading.Event] = None, poll_seconds: float = 1.0,
+    once: bool = False, verify: bool = True,
+) -> IngestCounts:
+    """Consume MinIO's Redis notification target at ``key`` in ``format`` (``access`` or ``namespace``).
+
+    Runs until ``stop_event`` is set; with ``once=True`` it drains what is there (access) or scans the hash
+    once (namespace) and returns. Returns the totals.
+    """
+    import redis
+
+    if format not in ("access", "namespace"):
+        raise ValueError(f"format must be 'access' or 'namespace', not {format!r}")
+    client = redis.Redis.from_url(redis_url)
+    stop = stop_event or threading.Event()
+    totals = IngestCounts()
+    fmt = f"minio-redis-{format}"
+    processing, rejected = f"{key}:processing", f"{key}:rejected"
+
+    def handle(raw: bytes) -> bool:
+        """True when the entry is done with (registered or rejected); False on a transient failure."""
+        try:
+            totals.add(ingest_document(db_url, config, store, fmt, raw, send_job, verify=verify))
+            return True
+        except NotificationError as exc:
+            log.warning("rejected MinIO Redis entry in %s: %s", key, exc)
+        except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the consumer
+            if _transient(exc):
+                log.warning("cannot register MinIO Redis entry now (%s); retrying in %.1fs", exc, poll_seconds)
+                return False
+            log.exception("failed to ingest MinIO Redis entry in %s; moved to %s", key, rejected)
+        totals.rejected += 1
+        client.rpush(rejected, raw)
+        return True
+
+    def access_step() -> bool:
+        """One step of the access-format loop; False when there is nothing (more) to do right now."""
+        for raw in client.lrange(processing, 0, -1):  # left over from a crash or a transient failure
+            if not handle(raw):
+                return False
+            client.lrem(processing, 1, raw)
+        if once:
+            raw = client.lmove(key, processing, "LEFT", "RIGHT")
+        else:
+            raw = client.blmove(key, processing, poll_seconds, "LEFT", "RIGHT")
+        if raw is None:
+            return not once  # blocking: the timeout only lets the loop look at stop_event
+        if not handle(raw):
+            return False
+        client.lrem(processing, 1, raw)
+        return True
+
+    bad: set[tuple[bytes, bytes]] = set()  # namespace entries that could not be ingested, already reported
+    while not stop.is_set():
+        try:
+            if format == "namespace":
+                _scan_namespace(client, key, db_url, config, store, send_job, verify, totals, bad)
+                busy = False
+            else:
+                busy = access_step()
+        except redis.RedisError as exc:
+            log.warning("Redis at %s: %s; retrying in %.1fs", redis_url, exc, poll_seconds)
+            busy = False
+            if once:
+                raise
+        if once and not busy:
+            break
+        if not busy:
+            stop.wait(poll_seconds)
+    return totals
+
+
+def _scan_namespace(client, key: str, db_url: str, config: AppConfig, store, send_job: SendJob,  # noqa: ANN001
+                    verify: bool, totals: IngestCounts, bad: set[tuple[bytes, bytes]], batch: int = 200) -> None:
+    """One pass over a namespace-format hash, ingesting ``batch`` entries per SQL round trip."""
+    events: list = []
+    entries: list[tuple[bytes, bytes]] = []
+
+    def flush() -> bool:
+        try:
+            totals.add(ingest_events(db_url, config, store, events, send_job, verify=verify))
+        except Exception as exc:  # noqa: BLE001
+            if _transient(exc):
+                log.warning("cannot register MinIO Redis entries now (%s); retrying on the next scan", exc)
+                return False
+            log.exception("failed to ingest %d MinIO Redis entries of %s; skipped until they change",
+                          len(entries), key)
+            bad.update(entries)
+            totals.rejected += len(entries)
+        finally:
+            events.clear()
+            entries.clear()
+        return True
+
+    for field_name, raw in client.hscan_iter(key, count=batch):
+        if (field_name, raw) in bad:
+            continue
+        try:
+            events.extend(parse_minio_redis(raw, "namespace"))
+        except NotificationError as exc:
+            bad.add((field_name, raw))
+            log.warning("rejected MinIO Redis entry %s in %s: %s", field_name.decode(errors="replace"), key, exc)
+            totals.rejected += 1
+            continue
+        entries.append((field_name, raw))
+        if len(events) >= batch and not flush():
+            return
+    if events:
+        flush()

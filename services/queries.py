@@ -1,0 +1,67 @@
+"""Read helpers shared by the CLI, the demo and tests: find an image, list jobs, gather an image's results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.schema import RESULT_TABLES, Image, Job, JobStatus
+
+
+class NotFound(LookupError):
+    pass
+
+
+def find_image(session: Session, ref: str) -> Image:
+    """An image by id (``42``) or by object key (the newest registration of that key)."""
+    if ref.isdigit():
+        image = session.get(Image, int(ref))
+    else:
+        image = session.execute(
+            select(Image).where(Image.key == ref).order_by(Image.id.desc()).limit(1)
+        ).scalar_one_or_none()
+    if image is None:
+        raise NotFound(f"no image with id or key {ref!r}")
+    return image
+
+
+def list_jobs(session: Session, status: Optional[str] = None, limit: int = 50) -> Sequence[tuple[Job, Image]]:
+    q = select(Job, Image).join(Image, Job.image_id == Image.id).order_by(Job.id.desc()).limit(limit)
+    if status:
+        q = q.where(Job.status == status)
+    return session.execute(q).all()
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {s.value: 0 for s in JobStatus} | dict(rows)
+
+
+@dataclass(frozen=True)
+class ImageResults:
+    image: Image
+    job: Optional[Job]  # the latest job of the image
+    rows: dict[str, list[dict[str, Any]]]  # kind -> rows (label/text/value, box, score, analyzer)
+
+
+_COLUMNS = {
+    "objects": ("analyzer", "label", "phrase", "x1", "y1", "x2", "y2", "score", "attributes"),
+    "text": ("analyzer", "text", "x1", "y1", "x2", "y2", "score"),
+    "barcodes": ("analyzer", "format", "value", "x1", "y1", "x2", "y2"),
+}
+
+
+def image_results(session: Session, image: Image) -> ImageResults:
+    job = session.execute(
+        select(Job).where(Job.image_id == image.id).order_by(Job.id.desc()).limit(1)
+    ).scalar_one_or_none()
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for kind, table in RESULT_TABLES.items():
+        found = [] if job is None else session.execute(
+            select(table).where(table.job_id == job.id).order_by(table.id)
+        ).scalars().all()
+        rows[kind] = [{c: getattr(r, c) for c in _COLUMNS[kind]} for r in found]
+    return ImageResults(image, job, rows)

@@ -1,0 +1,82 @@
+"""One settings object, read once at start-up from ``VLWATCH_*`` environment variables and passed down.
+
+The embedded default needs nothing set: a SQLite file, a local-folder object store and a folder broker
+(kombu's filesystem transport), all under ``VLWATCH_DATA_DIR`` (default ``./vlwatch-data``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as _SourceError
+
+
+class SettingsError(ValueError):
+    """A setting is invalid; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VLWATCH_", extra="ignore", frozen=True)
+
+    data_dir: Path = Path("vlwatch-data")
+    database_url: Optional[str] = None  # default: sqlite:///<data_dir>/vlwatch.db
+    broker_url: str = "filesystem://"  # embedded: a folder under data_dir; redis://..., amqp://... to scale out
+    s3_endpoint: Optional[str] = None  # host:port; unset = local folder store under <data_dir>/objects
+    s3_access_key: Optional[str] = None
+    s3_secret_key: Optional[str] = None
+    s3_secure: bool = False
+    s3_region: Optional[str] = None
+    bucket: str = "vlwatch"
+    config: Optional[Path] = None  # the YAML file: sources, profiles, webhooks
+
+    lease_seconds: float = Field(120.0, gt=0)  # a running job whose lease expires is reclaimed
+    requeue_after_seconds: float = Field(600.0, gt=0)  # a queued job not started by then is re-sent
+    max_attempts: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)  # a worker claims up to this many queued jobs of its queue at once
+    max_image_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(80_000_000, gt=0)
+    webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    dispatch_interval_seconds: float = Field(1.0, gt=0)  # idle poll of `vlwatch dispatch --watch`
+    reconcile_interval_seconds: float = Field(15.0, gt=0)
+    vl2_checkpoint: Optional[Path] = None  # a DeepSeek-VL2 checkpoint directory in the official layout
+    vl2_device: str = "cuda"
+    vl2_dtype: str = "bfloat16"
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _schedule(cls, v: object) -> object:
+        if isinstance(v, str):  # "5,300,1800"
+            return tuple(float(x) for x in v.split(",") if x.strip())
+        return v
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'vlwatch.db').resolve()}"
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def local_objects_dir(self) -> Path:
+        return self.data_dir / "objects"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once; errors name the variable (``VLWATCH_LEASE_SECONDS: ...``)."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except _SourceError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            lines.append(f"VLWATCH_{field.upper()}: {err['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

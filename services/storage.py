@@ -1,0 +1,195 @@
+"""Object storage behind one small interface: an S3 server (``S3Store``, the ``minio`` client) or a local folder
+(``LocalStore``, the embedded default). ETags match what S3 reports for single-part uploads (MD5 hex), so the
+idempotent register key (bucket, key, etag) is the same whichever path saw the object first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator, Optional, Protocol
+
+
+class ObjectNotFound(LookupError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no object {key!r}")
+        self.key = key
+
+
+class StorageUnavailable(RuntimeError):
+    """The store cannot be reached; transient."""
+
+
+class BadKey(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str
+    size: int
+    last_modified: Optional[datetime] = None
+    content_type: Optional[str] = None
+
+
+class ObjectStore(Protocol):
+    bucket: str
+
+    def ensure_bucket(self) -> None: ...
+    def put(self, key: str, data: bytes, content_type: Optional[str] = None) -> ObjectInfo: ...
+    def get(self, key: str) -> bytes: ...
+    def stat(self, key: str) -> Optional[ObjectInfo]: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def delete(self, key: str) -> None: ...
+    def presigned_get(self, key: str, expires: timedelta) -> str: ...
+
+
+def check_key(key: str) -> str:
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise BadKey(f"invalid object key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")[:-1]) or key.split("/")[-1] in (".", ".."):
+        raise BadKey(f"invalid object key {key!r}: empty, '.' or '..' path segment")
+    return key
+
+
+class S3Store:
+    """Any S3 server through the ``minio`` client (SeaweedFS in tests, MinIO, AWS S3...)."""
+
+    def __init__(self, endpoint: str, access_key: Optional[str], secret_key: Optional[str], bucket: str,
+                 secure: bool = False, region: Optional[str] = None) -> None:
+        import urllib3
+        from minio import Minio
+
+        self.endpoint, self.bucket = endpoint, bucket
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60), maxsize=16,
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+        )
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region,
+                            http_client=http)
+
+    def _call(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202
+        import urllib3
+        from minio.error import S3Error
+
+        try:
+            return fn(*args, **kwargs)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(kwargs.get("object_name") or (args[1] if len(args) > 1 else "?")) from None
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"S3 server at {self.endpoint} unreachable: {exc}") from exc
+
+    def ensure_bucket(self) -> None:
+        if not self._call(self.client.bucket_exists, self.bucket):
+            from minio.error import S3Error
+
+            try:
+                self._call(self.client.make_bucket, self.bucket)
+            except S3Error as exc:  # created by a concurrent process
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def put(self, key: str, data: bytes, content_type: Optional[str] = None) -> ObjectInfo:
+        check_key(key)
+        res = self._call(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data),
+                         content_type=content_type or "application/octet-stream")
+        return ObjectInfo(key, res.etag.strip('"'), len(data), datetime.now(timezone.utc), content_type)
+
+    def get(self, key: str) -> bytes:
+        resp = self._call(self.client.get_object, self.bucket, check_key(key))
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    def stat(self, key: str) -> Optional[ObjectInfo]:
+        try:
+            st = self._call(self.client.stat_object, self.bucket, check_key(key))
+        except ObjectNotFound:
+            return None
+        return ObjectInfo(key, (st.etag or "").strip('"'), st.size or 0, st.last_modified, st.content_type)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        it = self._call(self.client.list_objects, self.bucket, prefix=prefix or None, recursive=True)
+        try:
+            for o in it:
+                if o.is_dir:
+                    continue
+                yield ObjectInfo(o.object_name, (o.etag or "").strip('"'), o.size or 0, o.last_modified)
+        except OSError as exc:
+            raise StorageUnavailable(f"S3 server at {self.endpoint} unreachable: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self._call(self.client.remove_object, self.bucket, check_key(key))
+
+    def presigned_get(self, key: str, expires: timedelta) -> str:
+        return self._call(self.client.presigned_get_object, self.bucket, check_key(key), expires=expires)
+
+
+class LocalStore:
+    """A folder: ``root/bucket/key``. The embedded default; an ETag is the MD5 of the content, as S3's."""
+
+    def __init__(self, root: Path, bucket: str) -> None:
+        self.root, self.bucket = Path(root), bucket
+        self.base = self.root / bucket
+
+    def _path(self, key: str) -> Path:
+        return self.base / check_key(key)
+
+    def ensure_bucket(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+
+    def put(self, key: str, data: bytes, content_type: Optional[str] = None) -> ObjectInfo:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # readers never see a half-written object
+        return self._info(key, path, data)
+
+    def _info(self, key: str, path: Path, data: Optional[bytes] = None) -> ObjectInfo:
+        if data is None:
+            data = path.read_bytes()
+        st = path.stat()
+        return ObjectInfo(key, hashlib.md5(data, usedforsecurity=False).hexdigest(), st.st_size,
+                          datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    def stat(self, key: str) -> Optional[ObjectInfo]:
+        path = self._path(key)
+        return self._info(key, path) if path.is_file() else None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.base.is_dir():
+            return
+        for path in sorted(self.base.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                key = path.relative_to(self.base).as_posix()
+                if key.startswith(prefix):
+                    yield self._info(key, path)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def presigned_get(self, key: str, expires: timedelta) -> str:
+        return self._path(key).resolve().as_uri()
+
+
+def open_store(*, endpoint: Optional[str], access_key: Optional[str], secret_key: Optional[str], bucket: str,
+               secure: bool = False, region: Optional[str] = None, local_root: Path) -> ObjectStore:
+    if endpoint:
+        return S3Store(endpoint, access_key, secret_key, bucket, secure, region)
+    return LocalStore(local_root, bucket)
