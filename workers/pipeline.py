@@ -1,0 +1,333 @@
+"""The analysis of jobs: claim -> fetch -> decode -> analyze -> commit results, status and outbox together.
+
+Delivery is at-least-once, effects are exactly-once: jobs are claimed with a database lease; a finished job is
+skipped; results are written only while the lease is still ours, in the same transaction as the job status and
+the outbox event. A task names a few jobs (those registered together); the worker tops the batch up with other
+queued jobs of the same queue (up to ``batch_size``) so analyzers see batches and database and storage round trips
+are shared. Their own tasks, when they arrive, find the jobs taken and are skipped.
+
+Bad input fails that job with a reason; transient faults (storage or database unreachable) release the claims
+and raise ``TransientError`` so the task retries with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Optional, Sequence
+
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.exc import OperationalError
+
+from connectors.outbox import event_row
+from services.db import session_scope
+from services.schema import RESULT_TABLES, Image, Job, JobStatus, OutboxEvent, Source, utcnow
+from services.storage import ObjectNotFound, StorageUnavailable
+from workers.decode import BadImage, decode_image
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_VERSION = 1
+
+
+class TransientError(RuntimeError):
+    """Storage or database unreachable: retry later; the jobs are left queued."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: int
+    status: str  # succeeded, failed, skipped, lost (lease taken over by another worker)
+    reason: Optional[str] = None
+
+
+@dataclass
+class Work:
+    """One claimed job on its way through the stages."""
+
+    job_id: int
+    image_id: int
+    key: str
+    profile: str
+    attempts: int
+    data: bytes = b""
+    decoded: Any = None
+    results: list = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    failure: Optional[str] = None
+
+
+def claim(rt: Runtime, job_ids: Sequence[int], extra: int = 0) -> list[int]:
+    """Lease those of ``job_ids`` that are queued (or running with an expired lease), plus up to ``extra`` other
+    queued jobs of the same queue, oldest first. Returns the claimed ids ([] when none was ours to run)."""
+    now = utcnow()
+    claimable = or_(Job.status == JobStatus.queued.value,
+                    (Job.status == JobStatus.running.value) & (Job.lease_expires_at < now))
+    lease = {"status": JobStatus.running.value, "lease_owner": rt.worker_id, "started_at": now,
+             "lease_expires_at": now + timedelta(seconds=rt.settings.lease_seconds), "attempts": Job.attempts + 1}
+    with session_scope(rt.db_url) as s:
+        got = s.execute(update(Job).where(Job.id.in_(list(job_ids))).where(claimable).values(**lease)
+                        .returning(Job.id, Job.queue)).all()
+        if not got:
+            return []
+        ids = [i for i, _ in got]
+        if extra > 0:
+            q = (select(Job.id).where(Job.status == JobStatus.queued.value, Job.queue == got[0][1])
+                 .order_by(Job.id).limit(extra))
+            if s.get_bind().dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            more = s.execute(q).scalars().all()
+            if more:
+                ids += s.execute(update(Job).where(Job.id.in_(more), Job.status == JobStatus.queued.value)
+                                 .values(**lease).returning(Job.id)).scalars().all()
+    return ids
+
+
+def _extend_leases(rt: Runtime, job_ids: list[int]) -> None:
+    with session_scope(rt.db_url) as s:
+        s.execute(update(Job).where(Job.id.in_(job_ids), Job.lease_owner == rt.worker_id).values(
+            lease_expires_at=utcnow() + timedelta(seconds=rt.settings.lease_seconds)))
+
+
+def _release(rt: Runtime, job_ids: list[int]) -> None:
+    try:
+        with session_scope(rt.db_url) as s:
+            s.execute(update(Job).where(Job.id.in_(job_ids), Job.lease_owner == rt.worker_id,
+                                        Job.status == JobStatus.running.value)
+                      .values(status=JobStatus.queued.value, lease_owner=None, lease_expires_at=None))
+    except OperationalError:
+        log.warning("jobs %s: could not release the claims; their leases will expire", job_ids)
+
+
+def run_job(rt: Runtime, job_id: int, batch_size: Optional[int] = None) -> Outcome:
+    """Run ``job_id`` (and other queued jobs claimed with it); returns ``job_id``'s outcome."""
+    outcomes = run_batch(rt, [job_id], rt.settings.batch_size if batch_size is None else batch_size)
+    return next(o for o in outcomes if o.job_id == job_id)
+
+
+def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outcome]:
+    """Claim ``job_ids`` (topped up with other queued jobs to ``batch_size``) and run them together."""
+    claimed: list[int] = []
+    try:
+        claimed = claim(rt, job_ids, extra=batch_size - len(job_ids))
+        skipped = [Outcome(j, "skipped") for j in job_ids if j not in claimed]
+        if skipped:
+            log.info("jobs %s skipped: finished already or held by a live lease", [o.job_id for o in skipped])
+        return skipped + (_run_claimed(rt, claimed) if claimed else [])
+    except (StorageUnavailable, OperationalError) as exc:
+        if claimed:
+            _release(rt, claimed)
+        raise TransientError(f"jobs {list(job_ids)}: {exc}") from exc
+
+
+def _load(rt: Runtime, job_ids: list[int]) -> list[Work]:
+    with session_scope(rt.db_url) as s:
+        rows = s.execute(select(Job.id, Job.image_id, Image.key, Job.profile, Job.attempts)
+                         .join(Image, Image.id == Job.image_id).where(Job.id.in_(job_ids)).order_by(Job.id)).all()
+    return [Work(*r) for r in rows]
+
+
+def _fetch(rt: Runtime, w: Work) -> None:
+    t = time.perf_counter()
+    try:
+        w.data = rt.store.get(w.key)
+    except ObjectNotFound:
+        w.failure = f"object {w.key!r} is not in bucket {rt.store.bucket!r} (deleted after upload?)"
+    w.timings["fetch"] = time.perf_counter() - t
+
+
+def _decode(rt: Runtime, w: Work) -> None:
+    t = time.perf_counter()
+    try:
+        w.decoded = decode_image(w.data, max_bytes=rt.settings.max_image_bytes,
+                                 max_pixels=rt.settings.max_image_pixels)
+    except BadImage as exc:
+        w.failure = f"bad image {w.key!r}: {exc.reason}"
+    w.timings["decode"] = time.perf_counter() - t
+
+
+def _run_claimed(rt: Runtime, job_ids: list[int]) -> list[Outcome]:
+    from model.analyzers import AnalyzerUnavailable
+
+    work = _load(rt, job_ids)
+    for w in work:
+        if w.attempts > rt.settings.max_attempts:
+            w.failure = (f"gave up after {w.attempts - 1} attempts: the worker was lost each time "
+                         f"(killed or out of memory?) while analysing {w.key}")
+        elif w.profile not in rt.config.profiles:
+            w.failure = f"profile {w.profile!r} is not in the configuration file any more"
+    live = [w for w in work if w.failure is None]
+    if len(live) > 1:
+        with ThreadPoolExecutor(min(8, len(live))) as pool:  # object storage is I/O: fetch concurrently
+            list(pool.map(lambda w: _fetch(rt, w), live))
+    else:
+        for w in live:
+            _fetch(rt, w)
+    for w in work:
+        if w.failure is None:
+            _decode(rt, w)
+
+    by_profile: dict[str, list[Work]] = defaultdict(list)
+    for w in work:
+        if w.failure is None:
+            by_profile[w.profile].append(w)
+    for profile_name, group in by_profile.items():
+        profile = rt.config.profiles[profile_name]
+        for name in profile.analyzers:
+            group = [w for w in group if w.failure is None]
+            if not group:
+                break
+            t = time.perf_counter()
+            analyzer = None
+            try:
+                analyzer = rt.analyzer(name, profile.phrases if name == "vl2-ground" else ())
+                results = analyzer.analyze([w.decoded.image for w in group])
+            except AnalyzerUnavailable as exc:
+                for w in group:
+                    w.failure = f"analyzer {name} is not available on this worker: {exc}"
+                continue
+            except Exception as exc:  # noqa: BLE001 - isolate the image that breaks the engine
+                results = _one_by_one(analyzer, name, group, exc)
+            share = (time.perf_counter() - t) / len(group)
+            for w, r in zip(group, results):
+                w.timings[name] = share
+                if isinstance(r, str):
+                    w.failure = r
+                else:
+                    w.results.append(r)
+            _extend_leases(rt, [w.job_id for w in group])
+    return commit(rt, work)
+
+
+def _one_by_one(analyzer: Any, name: str, group: list[Work], batch_exc: Exception) -> list:
+    """The batch raised: run images one at a time so only the image that breaks the engine fails."""
+    if analyzer is None or len(group) == 1:
+        return [f"analyzer {name} failed on {w.key!r}: {type(batch_exc).__name__}: {batch_exc}" for w in group]
+    out: list = []
+    for w in group:
+        try:
+            out.extend(analyzer.analyze([w.decoded.image]))
+        except Exception as exc:  # noqa: BLE001
+            log.exception("job %s: analyzer %s failed", w.job_id, name)
+            out.append(f"analyzer {name} failed on {w.key!r}: {type(exc).__name__}: {exc}")
+    return out
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _captured_at(image: Any) -> Optional[datetime]:
+    """EXIF DateTimeOriginal (EXIF has no zone: read as UTC)."""
+    try:
+        exif = image.getexif()
+        raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        return datetime.strptime(str(raw), "%Y:%m:%d %H:%M:%S").replace(tzinfo=timezone.utc) if raw else None
+    except (ValueError, AttributeError, KeyError):
+        return None
+
+
+def _rows(result: Any, job_id: int, image_id: int) -> tuple[str, list[dict[str, Any]]]:
+    det = result.detections
+    rows = []
+    for r in det.to_rows():
+        base = {"job_id": job_id, "image_id": image_id, "analyzer": result.lineage.analyzer,
+                "x1": r.pop("x1"), "y1": r.pop("y1"), "x2": r.pop("x2"), "y2": r.pop("y2"), "score": r.pop("score")}
+        label = r.pop("label")
+        if det.kind == "objects":
+            base.update(label=label, phrase=r.pop("phrase", None), attributes=r or None)
+        elif det.kind == "text":
+            base.update(text=r.pop("text"))
+        else:
+            base.update(format=label, value=r.pop("value"))
+        rows.append(base)
+    return det.kind, rows
+
+
+def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
+    """For every job still leased to us, in one transaction: its results (replacing any earlier ones), image
+    facts, final status, and its job.succeeded / job.failed event. Bulk statements: a handful per batch."""
+    outcomes: list[Outcome] = []
+    ids = [w.job_id for w in work]
+    with session_scope(rt.db_url) as s:
+        jobs = {r.id: r for r in s.execute(select(Job.id, Job.status, Job.lease_owner, Job.profile, Job.attempts)
+                                           .where(Job.id.in_(ids)).with_for_update())}
+        images = {r.id: r for r in s.execute(
+            select(Image.id, Image.bucket, Image.key, Image.etag, Image.source_id, Image.sha256)
+            .where(Image.id.in_([w.image_id for w in work])))}
+        sources = dict(s.execute(select(Source.id, Source.name)).all())
+        mine = []
+        for w in work:
+            job = jobs[w.job_id]
+            if job.status == JobStatus.running.value and job.lease_owner == rt.worker_id:
+                mine.append(w)
+            else:
+                log.warning("job %s: lease lost to %s; results discarded", w.job_id, job.lease_owner)
+                outcomes.append(Outcome(w.job_id, "lost"))
+        if not mine:
+            return outcomes
+        for table in RESULT_TABLES.values():  # a re-run replaces, never duplicates
+            s.execute(delete(table).where(table.job_id.in_([w.job_id for w in mine])))
+        results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        job_rows, image_rows, events = [], [], []
+        now = utcnow()
+        for w in mine:
+            job, image = jobs[w.job_id], images[w.image_id]
+            timings = {k: round(v, 6) for k, v in w.timings.items()}
+            image_row: dict[str, Any] = {"id": image.id, "sha256": _sha256(w.data) if w.data else image.sha256}
+            image_payload = {"id": image.id, "bucket": image.bucket, "key": image.key, "etag": image.etag,
+                             "source": sources.get(image.source_id), "width": None, "height": None,
+                             "sha256": image_row["sha256"]}
+            job_row: dict[str, Any] = {"id": job.id, "lease_owner": None, "lease_expires_at": None,
+                                       "finished_at": now, "timings": timings}
+            if w.failure is not None:
+                log.warning("job %s failed: %s", w.job_id, w.failure)
+                job_row.update(status=JobStatus.failed.value, error=w.failure, lineage=None)
+                events.append(event_row("job.failed", job.id, {
+                    "version": PAYLOAD_VERSION, "image": image_payload,
+                    "job": {"id": job.id, "profile": job.profile, "attempts": job.attempts, "error": w.failure}}))
+                outcomes.append(Outcome(w.job_id, "failed", w.failure))
+            else:
+                image_row.update(width=w.decoded.width, height=w.decoded.height,
+                                 captured_at=_captured_at(w.decoded.image))
+                image_payload.update(width=w.decoded.width, height=w.decoded.height)
+                payload_results: dict[str, list] = {kind: [] for kind in RESULT_TABLES}
+                for result in w.results:
+                    kind, rows = _rows(result, job.id, image.id)
+                    results[kind].extend(rows)
+                    payload_results[kind].extend(
+                        {k: v for k, v in r.items() if k not in ("job_id", "image_id")} for r in rows)
+                lineage = [r.lineage.as_dict() for r in w.results]
+                job_row.update(status=JobStatus.succeeded.value, error=None, lineage=lineage)
+                events.append(event_row("job.succeeded", job.id, {
+                    "version": PAYLOAD_VERSION, "image": image_payload, "results": payload_results,
+                    "job": {"id": job.id, "profile": job.profile, "attempts": job.attempts, "timings": timings,
+                            "lineage": lineage, "notes": list(getattr(w.decoded, "notes", []))}}))
+                outcomes.append(Outcome(w.job_id, "succeeded"))
+            job_rows.append(job_row)
+            image_rows.append(image_row)
+        for kind, rows in results.items():
+            if rows:
+                s.execute(insert(RESULT_TABLES[kind]), rows)
+        # ORM bulk UPDATE by primary key: one executemany per distinct column set.
+        for rows in _by_keys(image_rows):
+            s.execute(update(Image), rows)
+        for rows in _by_keys(job_rows):
+            s.execute(update(Job), rows)
+        s.execute(insert(OutboxEvent), events)
+    for o in outcomes:
+        log.info("job %s %s", o.job_id, o.status)
+    return outcomes
+
+
+def _by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(sorted(r))].append(r)
+    return list(groups.values())
