@@ -1,0 +1,61 @@
+"""The connector interface and error classification used by delivery.
+
+A connector ``apply``s a batch of ``(event_id, payload)`` pairs in one transaction of its target database.
+:func:`deliver_batch` runs a batch and sorts the outcome per event: ``delivered``; ``retry`` when the target
+cannot be reached (``OperationalError``/``InterfaceError``: down, refused, timed out — nothing is lost, the
+events stay due); ``dead`` with the database's message when the target rejects the event's rows
+(``IntegrityError``/``DataError``/other ``DBAPIError``: constraint, type, value too long). A rejected batch is
+retried one event at a time so one bad event does not hold back the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+
+class Connector(Protocol):
+    name: str
+
+    def migrate(self) -> None: ...
+
+    def apply(self, events: Sequence[tuple[str, dict[str, Any]]]) -> Any: ...
+
+
+@dataclass
+class BatchOutcome:
+    delivered: list[str] = field(default_factory=list)
+    retry: dict[str, str] = field(default_factory=dict)
+    dead: dict[str, str] = field(default_factory=dict)
+
+
+def _unreachable(e: DBAPIError) -> bool:
+    """Connection-level failure (retry) rather than a rejection of the rows (dead-letter)."""
+    if not isinstance(e, (OperationalError, InterfaceError)):
+        return False
+    # MySQL/MariaDB: server error codes 1000-1999 (e.g. 1406 "Data too long") are rejections even when the
+    # driver raises them as OperationalError; client codes 2000+ (2003 refused, 2006/2013 gone) are not.
+    args = getattr(e.orig, "args", ())
+    code = args[0] if args else None
+    return not (isinstance(code, int) and 1000 <= code < 2000)
+
+
+def deliver_batch(connector: Connector, events: Sequence[tuple[str, dict[str, Any]]]) -> BatchOutcome:
+    out = BatchOutcome()
+    try:
+        connector.apply(events)
+        out.delivered = [eid for eid, _ in events]
+        return out
+    except DBAPIError as e:
+        if _unreachable(e):
+            out.retry = {eid: str(e.orig) for eid, _ in events}
+            return out
+    for eid, payload in events:
+        try:
+            connector.apply([(eid, payload)])
+            out.delivered.append(eid)
+        except DBAPIError as e:
+            (out.retry if _unreachable(e) else out.dead)[eid] = str(e.orig)
+    return out
