@@ -1,0 +1,1 @@
+"""CPU engines: zxing-cpp barcodes (``barcode``) and RapidOCR text lines (``ocr``)."""

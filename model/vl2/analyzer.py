@@ -1,0 +1,173 @@
+"""DeepSeek-VL2 analyzers: ``vl2-ground`` (one referring prompt per configured phrase; boxes on VL2's 0..999
+grid) and ``vl2-ocr`` (a reading prompt; grounded lines when the answer carries boxes).
+
+Both share one loaded checkpoint per process (``load_model`` + the processor from the same directory) and raise
+``AnalyzerUnavailable`` with a plain message when no checkpoint is configured, the directory is unusable, or the
+requested CUDA device is absent. Images are decoded in batches (``images_per_batch`` x prompts); each image
+goes through the vision tower once for all of its prompts.
+Prompts and answer parsing are ``model.vl2.grounding``'s (referring prompt per phrase, strict parser); box score =
+mean probability of the chosen tokens of that box's ``[...]`` text (``grounding.parse_tokens``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image
+
+from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
+from model.detections import Detections
+
+ENGINE = "deepseek-vl2"
+ENGINE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class VL2Options:
+    checkpoint: Path | None
+    device: str = "cuda"
+    dtype: str = "bfloat16"
+    max_new_tokens: int = 256
+    prefill_chunk: int | None = None
+    repeat_ngram: int = 16  # the OCR loop guard (see GenerationConfig)
+    repeat_times: int = 4
+    images_per_batch: int = 4  # images decoded together (x number of prompts = generation batch)
+
+
+class VL2Analyzer:
+    """``name`` is "vl2-ground" (needs ``phrases``) or "vl2-ocr"."""
+
+    def __init__(self, name: str, options: VL2Options, phrases: Sequence[str] = ()) -> None:
+        if name not in ("vl2-ground", "vl2-ocr"):
+            raise ValueError(f"unknown VL2 analyzer {name!r}")
+        if name == "vl2-ground" and not phrases:
+            raise ValueError("vl2-ground needs at least one phrase")
+        self.name, self.options, self.phrases = name, options, tuple(phrases)
+        ckpt = options.checkpoint
+        if ckpt is None:
+            raise AnalyzerUnavailable(f"{name}: no DeepSeek-VL2 checkpoint is configured "
+                                      "(set VLWATCH_VL2_CHECKPOINT to a checkpoint directory)")
+        if not Path(ckpt).is_dir():
+            raise AnalyzerUnavailable(f"{name}: the DeepSeek-VL2 checkpoint directory {ckpt} does not exist")
+        self.model, self.processor, info = _shared_model(name, Path(ckpt), options.device, options.dtype)
+        self.digest = info.digest
+        self.model_id = f"deepseek-vl2-{info.config.name}"
+
+    def prompts(self) -> list[str]:
+        from model.vl2 import grounding
+
+        if self.name == "vl2-ground":
+            return [grounding.referring_prompt(p) for p in self.phrases]
+        return [grounding.ocr_prompt()]
+
+    def lineage(self) -> Lineage:
+        o = self.options
+        return Lineage(analyzer=self.name, engine=ENGINE, version=ENGINE_VERSION, model_id=self.model_id,
+                       checkpoint_digest=self.digest, prompt=" | ".join(self.prompts()),
+                       settings={"dtype": o.dtype, "max_new_tokens": o.max_new_tokens, "decoding": "greedy"})
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:
+        from model.vl2.generation import GenerationConfig, generate_many
+
+        o = self.options
+        cfg = GenerationConfig(max_new_tokens=o.max_new_tokens, eos_token_id=self.processor.tokenizer.eos_id,
+                               prefill_chunk=o.prefill_chunk,
+                               repeat_ngram=o.repeat_ngram if self.name == "vl2-ocr" else 0,
+                               repeat_times=o.repeat_times)
+        lineage = self.lineage()
+        prompts = self.prompts()
+        n_p = len(prompts)
+        results = []
+        step = max(1, o.images_per_batch)
+        for start in range(0, len(images), step):
+            chunk = list(images[start:start + step])
+            out = generate_many(self.model, self.processor, chunk, prompts, cfg)  # one vision pass per image
+            for i, image in enumerate(chunk):
+                toks, probs = out.tokens[i * n_p:(i + 1) * n_p], out.probs[i * n_p:(i + 1) * n_p]
+                if self.name == "vl2-ground":
+                    det = self._grounding(image.size, toks, probs)
+                else:
+                    det = self._ocr(image.size, toks[0], probs[0])
+                results.append(AnalyzerResult(detections=det, lineage=lineage))
+        return results
+
+    # ---- answers -> Detections ----------------------------------------------------------------------------
+    def _grounding(self, size: tuple[int, int], tokens: list[list[int]], probs: list[list[float]]) -> Detections:
+        """One answer per phrase; every valid box labelled with the phrase that was asked for."""
+        from model.vl2.grounding import parse_tokens
+
+        labels, boxes, scores, said = [], [], [], []
+        for phrase, toks, pr in zip(self.phrases, tokens, probs):
+            for ref in parse_tokens(toks, pr, self.processor.tokenizer).refs:
+                for i, box in enumerate(ref.boxes):
+                    labels.append(phrase)
+                    boxes.append(box)
+                    scores.append(ref.scores[i] if ref.scores is not None else 0.0)
+                    said.append(ref.phrase)  # what the model wrote in <|ref|>
+        return Detections.from_grid_boxes(size, labels, boxes, scores, {"phrase": said})
+
+    def _ocr(self, size: tuple[int, int], tokens: list[int], probs: list[float]) -> Detections:
+        """Grounded lines (text = the ref phrase) when the answer boxes them; else each answer line over the
+        whole image."""
+        from model.vl2.grounding import parse_tokens
+
+        w, h = size
+        parsed = parse_tokens(tokens, probs, self.processor.tokenizer)
+        if parsed.n_boxes:
+            objs = parsed.to_detections(size, default_score=0.0)  # grid -> pixels happens there, once
+            line_scores = list(objs.scores) if objs.scores is not None else [0.0] * len(objs)
+            return Detections.from_text_lines(size, list(objs.data["phrase"]), objs.xyxy, line_scores)
+        mean = sum(probs) / len(probs) if probs else 0.0
+        lines = [ln.strip() for ln in self.processor.tokenizer.decode(tokens, skip_special_tokens=True).splitlines()]
+        lines = [ln for ln in lines if ln]
+        return Detections.from_text_lines(size, lines, [[0.0, 0.0, float(w), float(h)]] * len(lines),
+                                          [mean] * len(lines))
+
+
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+
+
+def _shared_model(name: str, ckpt: Path, device: str, dtype_name: str) -> tuple[Any, Any, Any]:
+    """(model, processor, CheckpointInfo), loaded once per process for each (checkpoint, device, dtype): the
+    grounding and OCR analyzers of every profile share one copy of the weights."""
+    import torch
+
+    from model.vl2.config import ConfigError
+    from model.vl2.loader import CheckpointError, load_model
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AnalyzerUnavailable(f"{name}: device {device!r} requested but no CUDA device is available")
+    dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}.get(dtype_name)
+    if dtype is None:
+        raise AnalyzerUnavailable(f"{name}: unsupported dtype {dtype_name!r}")
+    key = (str(ckpt.resolve()), device, dtype_name)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            try:
+                from model.vl2.processor import VL2Processor
+
+                processor = VL2Processor.from_checkpoint(ckpt)
+                model, info = load_model(ckpt, dtype=dtype, device=device)
+            except (ConfigError, CheckpointError, OSError, ImportError) as e:
+                raise AnalyzerUnavailable(f"{name}: cannot load DeepSeek-VL2 from {ckpt}: {e}") from e
+            _LOADED[key] = (model, processor, info)
+        return _LOADED[key]
+
+
+def build_vl2_analyzer(name: str, options: dict[str, Any]) -> VL2Analyzer:
+    """Registry entry: ``options`` = {"checkpoint", "device", "dtype", "phrases", ...} as the runtime passes them."""
+    opts = dict(options)
+    phrases = tuple(opts.pop("phrases", ()) or ())
+    ckpt = opts.pop("checkpoint", None)
+    names = ("device", "dtype", "max_new_tokens", "prefill_chunk", "repeat_ngram", "repeat_times",
+             "images_per_batch")
+    unknown = sorted(set(opts) - set(names))
+    if unknown:
+        raise ValueError(f"analyzer {name!r} has no option(s) {', '.join(unknown)}; "
+                         f"it accepts: checkpoint, phrases, {', '.join(names)}")
+    known = {k: opts[k] for k in names if k in opts}
+    return VL2Analyzer(name, VL2Options(checkpoint=Path(ckpt) if ckpt else None, **known), phrases)
