@@ -1,0 +1,149 @@
+"""Celery workers as separate processes against real PostgreSQL, Redis and SeaweedFS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+VLWATCH = [sys.executable, "-m", "services"]
+
+CONFIG = {
+    "profiles": {
+        "labels": {"analyzers": ["barcode", "ocr"]},
+        "codes": {"analyzers": ["barcode"]},
+        "gpu": {"analyzers": ["vl2-ground"], "phrases": ["pallet"], "queue": "cpu"},
+    },
+    "sources": {
+        "shelf": {"prefix": "shelf/", "profile": "labels"},
+        "dock": {"prefix": "dock/", "profile": "codes"},
+        "yard": {"prefix": "yard/", "profile": "gpu"},
+    },
+}
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> object:
+    """Poll until ``predicate`` returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)
+
+
+@pytest.fixture(scope="session")
+def app_env(migrated_pg: str, redis_url: str, s3_settings, tmp_path_factory) -> dict[str, str]:  # noqa: ANN001
+    """Environment for vlwatch processes: PostgreSQL, Redis broker, SeaweedFS bucket, the test YAML file."""
+    d = tmp_path_factory.mktemp("vlwatch")
+    cfg = d / "vlwatch.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    env = dict(os.environ)
+    env.update({
+        "VLWATCH_DATABASE_URL": migrated_pg,
+        "VLWATCH_BROKER_URL": redis_url,
+        "VLWATCH_S3_ENDPOINT": s3_settings.endpoint,
+        "VLWATCH_S3_ACCESS_KEY": s3_settings.access_key,
+        "VLWATCH_S3_SECRET_KEY": s3_settings.secret_key,
+        "VLWATCH_BUCKET": s3_settings.bucket,
+        "VLWATCH_CONFIG": str(cfg),
+        "VLWATCH_DATA_DIR": str(d / "data"),
+        "VLWATCH_LEASE_SECONDS": "4",
+        "VLWATCH_WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+@pytest.fixture
+def settings(app_env: dict[str, str], db_url: str):  # noqa: ANN201
+    """Settings as a worker reads them, over an emptied database."""
+    from services.settings import Settings
+
+    return Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in app_env.items()
+                       if k.startswith("VLWATCH_")})
+
+
+@pytest.fixture
+def runtime(settings):  # noqa: ANN001, ANN201
+    from workers.runtime import Runtime
+
+    rt = Runtime.from_settings(settings)
+    rt.store.ensure_bucket()
+    return rt
+
+
+@pytest.fixture(scope="session")
+def celery_app(app_env: dict[str, str]):  # noqa: ANN201
+    from services.settings import Settings
+    from workers.app import make_app
+
+    return make_app(Settings(broker_url=app_env["VLWATCH_BROKER_URL"]))
+
+
+@pytest.fixture
+def send_job(celery_app):  # noqa: ANN001, ANN201
+    from workers.app import sender_for
+
+    return sender_for(celery_app)
+
+
+class WorkerProcess:
+    """``vlwatch worker`` in its own process, with its log in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, queues: str = "cpu") -> None:
+        self.log = log
+        self._fh = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [*VLWATCH, "worker", "--queues", queues, "--pool", "solo", "--loglevel", "INFO"],
+            env=env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for(self._ready, 60, f"worker ready (log {log})")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+        return " ready." in self.log.read_text()
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._fh.close()
+
+
+@pytest.fixture
+def start_worker(app_env: dict[str, str], tmp_path: Path, redis_url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start worker processes for one test; all are stopped after it. The Redis queues start empty."""
+    import redis
+
+    redis.Redis.from_url(redis_url).flushdb()
+    started: list[WorkerProcess] = []
+
+    def start(**env_overrides: str) -> WorkerProcess:
+        env = {**app_env, **env_overrides}
+        w = WorkerProcess(env, tmp_path / f"worker-{len(started)}-{uuid.uuid4().hex[:6]}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()

