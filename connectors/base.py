@@ -11,6 +11,7 @@ retried one event at a time so one bad event does not hold back the rest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol, Sequence
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -29,6 +30,20 @@ class BatchOutcome:
     delivered: list[str] = field(default_factory=list)
     retry: dict[str, str] = field(default_factory=dict)
     dead: dict[str, str] = field(default_factory=dict)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+def event_time(payload: dict[str, Any]) -> datetime:
+    """When the scene was seen: the image's capture time (EXIF) where known, else when it reached the bucket,
+    else when the event was made."""
+    image = (payload.get("data") or {}).get("image") or {}
+    for key in ("captured_at", "uploaded_at"):
+        if image.get(key):
+            return _parse_time(image[key])
+    return _parse_time(payload["timestamp"])
 
 
 def _unreachable(e: DBAPIError) -> bool:

@@ -23,7 +23,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
+from connectors.base import event_time
 from connectors.geometry import overlaps
+from connectors.health import connect_args
 
 metadata = MetaData()
 
@@ -86,7 +88,8 @@ class InventoryConnector:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = create_engine(self.url, pool_pre_ping=True)
+            # A bounded connect: a target that does not answer is a retry, not a hung dispatcher.
+            self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect_args())
         return self._engine
 
     def migrate(self) -> None:
@@ -123,7 +126,7 @@ class InventoryConnector:
         data = payload.get("data") or {}
         image = data.get("image") or {}
         loc = self.locations.get(str(image.get("source")), Location())
-        seen = datetime.fromisoformat(str(payload["timestamp"]).replace("Z", "+00:00"))
+        seen = event_time(payload)
         base = {"site": loc.site, "aisle": loc.aisle, "bay": loc.bay, "seen_at": seen,
                 "image_bucket": image.get("bucket"), "image_key": image.get("key")}
         obs_rows, stock_rows = [], []

@@ -18,7 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import httpx
 from sqlalchemy import delete, func, select, update
@@ -102,7 +102,9 @@ def pending_deliveries(session: Session) -> int:
                                     WebhookDelivery.subscription_id.in_(active)))
     undispatched = session.scalar(select(func.count()).select_from(OutboxEvent)
                                   .where(OutboxEvent.dispatched_at.is_(None)))
-    return int(waiting or 0) + int(undispatched or 0)
+    from connectors.delivery import pending_connector_deliveries
+
+    return int(waiting or 0) + int(undispatched or 0) + pending_connector_deliveries(session)
 
 
 # ---- dispatch ----------------------------------------------------------------------------------------------
@@ -127,8 +129,11 @@ def fan_out(session: Session, limit: int = 500) -> int:
         ins = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
         session.execute(ins(WebhookDelivery).on_conflict_do_nothing(
             index_elements=["event_id", "subscription_id"]), rows)
+    from connectors.delivery import fan_out_connectors
+
+    made = len(rows) + fan_out_connectors(session, events, now)
     session.execute(update(OutboxEvent).where(OutboxEvent.id.in_([e.id for e in events])).values(dispatched_at=now))
-    return len(rows)
+    return made
 
 
 @dataclass(frozen=True)
@@ -227,20 +232,30 @@ def deliver_due(db_url: str, schedule: RetrySchedule, timeout: float, limit: int
 
 
 def dispatch_once(db_url: str, schedule: Iterable[float] | RetrySchedule, timeout: float,
-                  now: Optional[datetime] = None) -> DispatchCounts:
+                  now: Optional[datetime] = None, connectors: Optional[Mapping[str, Any]] = None) -> DispatchCounts:
+    """One round: fan out new events, send due webhook deliveries, apply due connector deliveries of
+    ``connectors`` (name -> connector; see connectors.delivery). Connector outcomes are added to the counts."""
     sched = schedule if isinstance(schedule, RetrySchedule) else RetrySchedule(tuple(schedule))
     with session_scope(db_url) as s:
         fanned = fan_out(s)
     counts = deliver_due(db_url, sched, timeout, now=now)
     counts.fanned_out = fanned
+    if connectors:
+        from connectors.delivery import deliver_connectors_due
+
+        c = deliver_connectors_due(db_url, connectors, sched, now=now)
+        counts.sent += c.sent
+        counts.delivered += c.delivered
+        counts.retrying += c.retrying
+        counts.dead += c.dead
     return counts
 
 
 def run_dispatcher(db_url: str, schedule: Iterable[float] | RetrySchedule, timeout: float, stop: threading.Event,
-                   poll_interval: float = 1.0) -> None:
+                   poll_interval: float = 1.0, connectors: Optional[Mapping[str, Any]] = None) -> None:
     """Dispatch until ``stop`` is set; busy rounds follow each other without waiting."""
     while not stop.is_set():
-        counts = dispatch_once(db_url, schedule, timeout)
+        counts = dispatch_once(db_url, schedule, timeout, connectors=connectors)
         if counts.sent == 0 and counts.fanned_out == 0:
             stop.wait(poll_interval)
 

@@ -206,4 +206,37 @@ class WebhookDelivery(Base):
     subscription: Mapped[WebhookSubscription] = relationship()
 
 
+class ConnectorTarget(Base):
+    """A connector named in the YAML file (inventory or security database); synced at dispatcher start so that
+    fan-out creates its deliveries even when another process fans out."""
+
+    __tablename__ = "connectors"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))  # inventory | security
+    event_types: Mapped[list[Any]] = mapped_column()  # ["job.succeeded"]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)  # false: no longer in the YAML file
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConnectorDelivery(Base):
+    """One outbox event for one connector: the same pending -> delivered | dead life as a webhook delivery."""
+
+    __tablename__ = "connector_deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "connector_id"), Index(None, "status", "next_attempt_at"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
+    connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id"))
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.pending.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[Optional[datetime]] = mapped_column()
+    last_attempt_at: Mapped[Optional[datetime]] = mapped_column()
+    last_error: Mapped[Optional[str]] = mapped_column(Text)  # the target database's message
+    delivered_at: Mapped[Optional[datetime]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    event: Mapped[OutboxEvent] = relationship()
+    connector: Mapped[ConnectorTarget] = relationship()
+
+
 RESULT_TABLES = {"objects": Detection, "text": TextLine, "barcodes": Barcode}

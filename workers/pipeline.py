@@ -223,6 +223,10 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _iso(t: Optional[datetime]) -> Optional[str]:
+    return t.isoformat().replace("+00:00", "Z") if t is not None else None
+
+
 def _captured_at(image: Any) -> Optional[datetime]:
     """EXIF DateTimeOriginal (EXIF has no zone: read as UTC)."""
     try:
@@ -259,7 +263,7 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
         jobs = {r.id: r for r in s.execute(select(Job.id, Job.status, Job.lease_owner, Job.profile, Job.attempts)
                                            .where(Job.id.in_(ids)).with_for_update())}
         images = {r.id: r for r in s.execute(
-            select(Image.id, Image.bucket, Image.key, Image.etag, Image.source_id, Image.sha256)
+            select(Image.id, Image.bucket, Image.key, Image.etag, Image.source_id, Image.sha256, Image.uploaded_at)
             .where(Image.id.in_([w.image_id for w in work])))}
         sources = dict(s.execute(select(Source.id, Source.name)).all())
         mine = []
@@ -283,7 +287,8 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
             image_row: dict[str, Any] = {"id": image.id, "sha256": _sha256(w.data) if w.data else image.sha256}
             image_payload = {"id": image.id, "bucket": image.bucket, "key": image.key, "etag": image.etag,
                              "source": sources.get(image.source_id), "width": None, "height": None,
-                             "sha256": image_row["sha256"]}
+                             "sha256": image_row["sha256"], "captured_at": None,
+                             "uploaded_at": _iso(image.uploaded_at)}
             job_row: dict[str, Any] = {"id": job.id, "lease_owner": None, "lease_expires_at": None,
                                        "finished_at": now, "timings": timings}
             if w.failure is not None:
@@ -294,9 +299,9 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
                     "job": {"id": job.id, "profile": job.profile, "attempts": job.attempts, "error": w.failure}}))
                 outcomes.append(Outcome(w.job_id, "failed", w.failure))
             else:
-                image_row.update(width=w.decoded.width, height=w.decoded.height,
-                                 captured_at=_captured_at(w.decoded.image))
-                image_payload.update(width=w.decoded.width, height=w.decoded.height)
+                captured = _captured_at(w.decoded.image)
+                image_row.update(width=w.decoded.width, height=w.decoded.height, captured_at=captured)
+                image_payload.update(width=w.decoded.width, height=w.decoded.height, captured_at=_iso(captured))
                 payload_results: dict[str, list] = {kind: [] for kind in RESULT_TABLES}
                 for result in w.results:
                     kind, rows = _rows(result, job.id, image.id)
