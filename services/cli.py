@@ -176,15 +176,17 @@ def worker(ctx: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) ->
 @click.option("--watch", is_flag=True, help="Keep going (poll every VLWATCH_DISPATCH_INTERVAL_SECONDS).")
 @pass_ctx
 def dispatch(ctx: Ctx, watch: bool) -> None:
-    """Deliver outbox events to webhook subscribers; also re-sends stuck jobs (the reconciler)."""
+    """Deliver outbox events to webhook subscribers and connectors; also re-sends stuck jobs (the reconciler)."""
     from connectors.outbox import dispatch_once
     from workers.reconcile import reconcile
 
     s = ctx.settings
     _sync_webhooks(ctx)
+    targets = _connectors(ctx)
     send, next_reconcile = ctx.send_job(), 0.0
     while True:
-        counts = dispatch_once(ctx.db_url, schedule=s.webhook_retry_schedule, timeout=s.webhook_timeout_seconds)
+        counts = dispatch_once(ctx.db_url, schedule=s.webhook_retry_schedule, timeout=s.webhook_timeout_seconds,
+                               connectors=targets)
         rec = None
         if time.monotonic() >= next_reconcile:  # the reconciler runs on its own, slower cadence
             rec = reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
@@ -358,6 +360,127 @@ def webhooks_replay(ctx: Ctx, name: Optional[str], since: Optional[str], everyth
     with session_scope(ctx.db_url) as s:
         n = replay(s, subscription=name, status=status, since=when)
     click.echo(f"{n} delivery(ies) queued again; `vlwatch dispatch` sends them")
+
+
+# ---- connectors --------------------------------------------------------------------------------------------
+def _connectors(ctx: Ctx, names: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML file's connectors, built, and recorded in SQL (so fan-out makes their deliveries)."""
+    from connectors.registry import build_connector
+
+    for n in names:
+        if n not in ctx.config.connectors:
+            known = ", ".join(ctx.config.connectors) or "none configured"
+            raise click.ClickException(f"unknown connector {n!r} (in the YAML file: {known})")
+    _connectors_sync_only(ctx)
+    if not ctx.config.connectors:
+        return {}
+    store = ctx.store() if any(c.kind == "security" for c in ctx.config.connectors.values()) else None
+    return {n: build_connector(n, ctx.config, store) for n in (names or tuple(ctx.config.connectors))}
+
+
+@main.group()
+def connectors() -> None:
+    """Inventory and security database connectors (configured under `connectors:` in the YAML file)."""
+
+
+@connectors.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def connectors_status(ctx: Ctx, as_json: bool) -> None:
+    """Per connector: deliveries pending (due now), delivered, dead-lettered, lag, last error."""
+    from connectors.delivery import status
+    from services.db import session_scope
+
+    _connectors_sync_only(ctx)
+    with session_scope(ctx.db_url) as s:
+        rows = status(s)
+    if as_json:
+        click.echo(json.dumps([_jsonable(r) for r in rows], default=str))
+        return
+    if not rows:
+        click.echo("no connectors configured (add them under `connectors:` in the YAML file)")
+    now = datetime.now(timezone.utc)
+    for r in rows:
+        lag = f"{(now - r.oldest_pending_at).total_seconds():.0f}s" if r.oldest_pending_at else "-"
+        state = "active" if r.active else "removed"
+        click.echo(f"{r.name:<16} {r.kind:<10} {state:<8} pending={r.pending} (due {r.due}) "
+                   f"delivered={r.delivered} dead={r.dead} lag={lag}"
+                   + (f"\n  last error: {r.last_error}" if r.last_error else ""))
+
+
+def _connectors_sync_only(ctx: Ctx) -> None:
+    from connectors.delivery import sync_connectors
+    from services.db import session_scope
+
+    with session_scope(ctx.db_url) as s:
+        sync_connectors(s, {n: c.kind for n, c in ctx.config.connectors.items()})
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not an ISO time (e.g. 2026-11-25T08:00 or 2026-11-25T08:00+01:00)")
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+@connectors.command("replay")
+@click.option("--since", required=True, help="ISO time (UTC unless it has an offset): events created since then.")
+@click.option("--name", default=None, help="Only this connector.")
+@click.option("--dead-only", is_flag=True, help="Only dead-lettered deliveries (default: dead and delivered; "
+                                                 "connector writes are idempotent, so re-applying is safe).")
+@pass_ctx
+def connectors_replay(ctx: Ctx, since: str, name: Optional[str], dead_only: bool) -> None:
+    """Deliver events since TIME again; events from before a connector existed are delivered to it too."""
+    from connectors.delivery import replay
+    from services.db import session_scope
+
+    when = _parse_time(since)
+    _connectors_sync_only(ctx)
+    status = ("dead",) if dead_only else ("dead", "delivered")
+    try:
+        with session_scope(ctx.db_url) as s:
+            n = replay(s, since=when, connector=name, status=status)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{n} connector delivery(ies) due again; `vlwatch dispatch` applies them")
+
+
+@connectors.command("migrate")
+@click.argument("names", nargs=-1)
+@pass_ctx
+def connectors_migrate(ctx: Ctx, names: tuple[str, ...]) -> None:
+    """Create or update the target tables of the named connectors (default: all)."""
+    from sqlalchemy.exc import DBAPIError
+
+    for n, c in _connectors(ctx, names).items():
+        try:
+            c.migrate()
+        except DBAPIError as exc:
+            raise click.ClickException(f"connectors.{n}.url: {exc.orig}") from None
+        click.echo(f"{n}: target schema ready")
+
+
+@connectors.command("check")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for each target.")
+@pass_ctx
+def connectors_check(ctx: Ctx, timeout: float) -> None:
+    """Connect to every target database and check its tables; exit 1 naming the field of each failure."""
+    from connectors.health import check_target
+
+    if not ctx.config.connectors:
+        click.echo("no connectors configured")
+        return
+    failed = 0
+    for n, c in ctx.config.connectors.items():
+        problem = check_target(c.kind, c.url, timeout)
+        if problem:
+            failed += 1
+            click.echo(f"connectors.{n}.url: {problem}", err=True)
+        else:
+            click.echo(f"{n}: ok ({c.kind})")
+    if failed:
+        sys.exit(1)
 
 
 # ---- demo and model tools ----------------------------------------------------------------------------------

@@ -8,6 +8,16 @@ sources:
   aisle-7: {prefix: "aisle-7/", profile: shelf}
 webhooks:
   - {name: erp, url: "https://erp.example/hooks", events: [job.succeeded]}
+locations:                      # source -> where its camera or scanner is
+  aisle-7: {site: dc-north, aisle: "7", bay: "03"}
+zones:                          # polygons per source, pixels or normalised 0..1
+  dock-door: {source: dock-cam, points: [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], normalised: true}
+rules:
+  forklift-at-night: {labels: [forklift], zones: [dock-door], windows: ["22:00-06:00"],
+                      min_score: 0.5, cooldown_seconds: 300, severity: high}
+connectors:
+  stock: {kind: inventory, url: "postgresql+psycopg://inv@db/inventory", sku_patterns: ["SKU-(\\d{6})"]}
+  guard: {kind: security, url: "mysql+pymysql://sec@db/security", timezone: Europe/Berlin}
 ```
 Errors name the field: ``profiles.dock.analyzers[0]: unknown analyzer 'vl3'``.
 """
@@ -16,6 +26,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
+
+import re
+from datetime import time
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -93,6 +106,130 @@ class WebhookConfig(_Strict):
         return v
 
 
+class LocationConfig(_Strict):
+    site: str = Field("", max_length=64)
+    aisle: str = Field("", max_length=64)
+    bay: str = Field("", max_length=64)
+
+
+class ZoneConfig(_Strict):
+    source: str
+    points: tuple[tuple[float, float], ...]
+    normalised: bool = False
+
+    @field_validator("points")
+    @classmethod
+    def _polygon(cls, v: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+        if len(v) < 3:
+            raise ValueError(f"a zone needs at least three points, got {len(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> "ZoneConfig":
+        if self.normalised and any(not (0.0 <= c <= 1.0) for p in self.points for c in p):
+            raise ValueError("points: normalised coordinates must lie in 0..1")
+        if not self.normalised and any(c < 0 for p in self.points for c in p):
+            raise ValueError("points: pixel coordinates cannot be negative")
+        return self
+
+
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
+SEVERITIES = ("info", "low", "warning", "high", "critical")
+
+
+def parse_window(text: str) -> tuple[time, time]:
+    """``"22:00-06:00"`` -> (22:00, 06:00); a window may cross midnight; ``24:00`` ends at midnight."""
+    m = _WINDOW.match(text.strip())
+    if not m:
+        raise ValueError(f"window {text!r}: expected HH:MM-HH:MM, e.g. 22:00-06:00")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    end = time(0, 0) if (h2, m2) == (24, 0) else time(h2 % 24, m2)
+    if h2 == 24 and m2:
+        raise ValueError(f"window {text!r}: 24:MM is not a time")
+    if (h1, m1) == (h2 % 24, m2):
+        raise ValueError(f"window {text!r}: start and end are the same")
+    return time(h1, m1), end
+
+
+class RuleConfig(_Strict):
+    labels: tuple[str, ...] = Field(min_length=1)
+    zones: tuple[str, ...] = Field(min_length=1)
+    windows: tuple[str, ...] = ()  # empty: at any time
+    min_score: float = Field(0.0, ge=0.0, le=1.0)
+    cooldown_seconds: float = Field(0.0, ge=0.0)
+    severity: str = "warning"
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for w in v:
+            parse_window(w)
+        return v
+
+    @field_validator("severity")
+    @classmethod
+    def _severity(cls, v: str) -> str:
+        if v not in SEVERITIES:
+            raise ValueError(f"unknown severity {v!r} (known: {', '.join(SEVERITIES)})")
+        return v
+
+
+CONNECTOR_KINDS = ("inventory", "security")
+
+
+class ConnectorConfig(_Strict):
+    kind: str
+    url: str  # SQLAlchemy URL of the target database (PostgreSQL or MariaDB/MySQL)
+    # inventory
+    sku_patterns: tuple[str, ...] = (r"\b[A-Z]{2,4}-\d{3,8}\b",)
+    # security
+    timezone: str = "UTC"  # the site's time zone: rule windows are local times there
+    rules: Optional[tuple[str, ...]] = None  # default: every rule
+    snapshot_lifetime_seconds: float = Field(3600.0, gt=0, le=7 * 86400)  # presigned link, at most 7 days
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in CONNECTOR_KINDS:
+            raise ValueError(f"unknown connector kind {v!r} (known: {', '.join(CONNECTOR_KINDS)})")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            u = make_url(v)
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {v!r} (e.g. postgresql+psycopg://user@host/db)") from None
+        if u.get_backend_name() not in ("postgresql", "mysql", "mariadb"):
+            raise ValueError(f"unsupported target database {u.get_backend_name()!r} (postgresql, mysql, mariadb)")
+        return v
+
+    @field_validator("sku_patterns")
+    @classmethod
+    def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, p in enumerate(v):
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"[{i}] {p!r} is not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Berlin)") from None
+        return v
+
+
 DEFAULT_PROFILE = "default"
 
 
@@ -100,6 +237,10 @@ class AppConfig(_Strict):
     profiles: dict[str, Profile] = Field(default_factory=lambda: {DEFAULT_PROFILE: Profile(analyzers=("barcode", "ocr"))})
     sources: dict[str, SourceConfig] = Field(default_factory=dict)
     webhooks: tuple[WebhookConfig, ...] = ()
+    locations: dict[str, LocationConfig] = Field(default_factory=dict)  # by source name
+    zones: dict[str, ZoneConfig] = Field(default_factory=dict)
+    rules: dict[str, RuleConfig] = Field(default_factory=dict)
+    connectors: dict[str, ConnectorConfig] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self) -> "AppConfig":
@@ -110,7 +251,33 @@ class AppConfig(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"webhooks: duplicate name {sorted(dup)[0]!r}")
+        for src in self.locations:
+            if src not in self.sources:
+                raise ValueError(f"locations.{src}: unknown source {src!r} (configure it under sources)")
+        for zname, zone in self.zones.items():
+            if zone.source not in self.sources:
+                raise ValueError(f"zones.{zname}.source: unknown source {zone.source!r}")
+        for rname, rule in self.rules.items():
+            for i, z in enumerate(rule.zones):
+                if z not in self.zones:
+                    raise ValueError(f"rules.{rname}.zones[{i}]: unknown zone {z!r}")
+            known = self.labels_for([self.zones[z].source for z in rule.zones])
+            for i, label in enumerate(rule.labels):
+                if label not in known:
+                    have = ", ".join(sorted(known)) or "none: no profile of these sources runs vl2-ground"
+                    raise ValueError(f"rules.{rname}.labels[{i}]: unknown label {label!r} "
+                                     f"(labels the zones' sources ground: {have})")
+        for cname, conn in self.connectors.items():
+            for i, r in enumerate(conn.rules or ()):
+                if r not in self.rules:
+                    raise ValueError(f"connectors.{cname}.rules[{i}]: unknown rule {r!r}")
+            if conn.kind == "security" and not self.rules:
+                raise ValueError(f"connectors.{cname}: a security connector needs rules (none configured)")
         return self
+
+    def labels_for(self, sources: list[str]) -> set[str]:
+        """Labels the given sources' profiles can produce: the phrases they ground."""
+        return {p for s in sources for p in self.profiles[self.sources[s].profile].phrases}
 
     def source_for_key(self, key: str) -> Optional[str]:
         """The source whose prefix is the longest match for an object key."""

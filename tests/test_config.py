@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from services.config import ConfigError, load_config, parse_config
 from services.settings import SettingsError, load_settings
@@ -73,3 +74,63 @@ def test_settings_defaults_are_the_embedded_default(monkeypatch, tmp_path):
     assert s.db_url == f"sqlite:///{tmp_path / 'vlwatch-data' / 'vlwatch.db'}"
     assert s.broker_url == "filesystem://" and s.s3_endpoint is None
     assert s.webhook_retry_schedule == (1.0, 2.5, 10.0)
+
+
+SITE = GOOD + """
+locations:
+  aisle-7: {site: dc-north, aisle: "7", bay: "03"}
+zones:
+  dock-door: {source: aisle-7-top, points: [[0, 0], [0.5, 0], [0.5, 1]], normalised: true}
+rules:
+  forklift-at-night: {labels: [forklift], zones: [dock-door], windows: ["22:00-06:00", "12:00-24:00"],
+                      min_score: 0.5, cooldown_seconds: 300, severity: high}
+connectors:
+  stock: {kind: inventory, url: "postgresql+psycopg://inv@127.0.0.1/inventory", sku_patterns: ["SKU-(\\\\d{6})"]}
+  guard: {kind: security, url: "mysql+pymysql://sec@127.0.0.1/security", timezone: Europe/Berlin}
+"""
+
+
+def test_site_config_builds_the_connectors():
+    from datetime import time
+
+    from connectors.inventory import InventoryConnector
+    from connectors.registry import build_connectors
+    from connectors.security import SecurityConnector
+
+    cfg = parse_config(SITE)
+    built = build_connectors(cfg)
+    stock, guard = built["stock"], built["guard"]
+    assert isinstance(stock, InventoryConnector) and isinstance(guard, SecurityConnector)
+    assert stock.locations["aisle-7"].site == "dc-north" and stock._codes("x SKU-123456 y") == ["123456"]
+    [rule] = guard.rules
+    assert rule.windows == ((time(22), time(6)), (time(12), time(0))) and rule.cooldown_s == 300
+    assert guard.timezone == "Europe/Berlin" and [z.name for z in guard.zones] == ["dock-door"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("zones: {z: {source: aisle-7, points: [[0, 0], [1, 1]]}}", "zones.z.points: Value error, a zone needs at "
+                                                                    "least three points, got 2"),
+        ("zones: {z: {source: nowhere, points: [[0, 0], [1, 1], [1, 0]]}}", "zones.z.source: unknown source 'nowhere'"),
+        ("zones: {z: {source: aisle-7, points: [[0, 0], [2, 1], [1, 0]], normalised: true}}", "must lie in 0..1"),
+        ("rules: {r: {labels: [forklfit], zones: [dock-door]}}",
+         "rules.r.labels[0]: unknown label 'forklfit' (labels the zones' sources ground: forklift, pallet)"),
+        ("rules: {r: {labels: [forklift], zones: [gate]}}", "rules.r.zones[0]: unknown zone 'gate'"),
+        ("rules: {r: {labels: [forklift], zones: [dock-door], windows: ['22-06']}}", "expected HH:MM-HH:MM"),
+        ("rules: {r: {labels: [forklift], zones: [dock-door], severity: apocalyptic}}", "unknown severity"),
+        ("connectors: {c: {kind: ledger, url: 'postgresql://x/y'}}", "connectors.c.kind"),
+        ("connectors: {c: {kind: inventory, url: 'not a url'}}", "connectors.c.url: Value error, not a database URL"),
+        ("connectors: {c: {kind: inventory, url: 'sqlite:///x.db'}}", "unsupported target database 'sqlite'"),
+        ("connectors: {c: {kind: inventory, url: 'postgresql://x/y', sku_patterns: ['(']}}", "connectors.c.sku_patterns"),
+        ("connectors: {c: {kind: security, url: 'postgresql://x/y', timezone: Mars/Olympus}}", "unknown time zone"),
+        ("connectors: {c: {kind: security, url: 'postgresql://x/y', rules: [nope]}}", "connectors.c.rules[0]: unknown rule"),
+        ("locations: {nowhere: {site: s}}", "locations.nowhere: unknown source"),
+    ],
+)
+def test_bad_site_config_names_the_field(change, message):
+    base = yaml.safe_load(SITE)
+    base.update(yaml.safe_load(change))
+    with pytest.raises(ConfigError) as err:
+        parse_config(yaml.safe_dump(base), "site.yaml")
+    assert message.replace("Value error, ", "") in str(err.value)
