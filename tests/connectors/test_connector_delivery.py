@@ -3,24 +3,16 @@ up later); a target that rejects one event's rows dead-letters that event with t
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 from sqlalchemy import func, select
 
 from connectors.base import deliver_batch
 from connectors.inventory import InventoryConnector, observations, stock
+from tests.connectors.tcpproxy import closed_port
 from tests.connectors.test_inventory import _payload
 
 pytestmark = pytest.mark.services
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(params=["pg", "mariadb"])
@@ -32,7 +24,7 @@ def url(request) -> str:  # noqa: ANN001
 def test_down_then_up_then_rejected(url: str) -> None:
     from sqlalchemy.engine import make_url
     real = make_url(url)
-    down = real.set(port=_closed_port()).render_as_string(hide_password=False)
+    down = real.set(port=closed_port()).render_as_string(hide_password=False)
     events = [("e1", _payload(1, 0, barcodes=[(0, "0001")])), ("e2", _payload(2, 1, barcodes=[(0, "0002")])),
               ("e3", _payload(3, 2, barcodes=[(0, "X" * 200)]))]  # code longer than String(128)
     out = deliver_batch(InventoryConnector("inv", down), events)

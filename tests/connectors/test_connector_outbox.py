@@ -70,6 +70,13 @@ def _drain(db_url: str, connectors: dict, rounds: int = 50) -> None:
     raise AssertionError("connector deliveries still pending")
 
 
+def _behind_proxy(url: str) -> tuple[TcpProxy, InventoryConnector]:
+    """A connector whose target is reached through a proxy the test takes down and brings back (not started)."""
+    real = make_url(url)
+    proxy = TcpProxy(real.host or "127.0.0.1", real.port or 5432)
+    return proxy, _inventory(real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+
+
 def _rows(url: str) -> tuple[list, list]:
     c = _inventory(url)
     with c.engine.connect() as conn:
@@ -113,10 +120,7 @@ def test_events_reach_the_target_once_and_replay_changes_nothing(db_url: str, ta
 def test_target_down_then_back_loses_nothing_and_a_rejected_event_dead_letters(db_url: str,
                                                                                target_url: str) -> None:
     _clean(target_url)
-    real = make_url(target_url)
-    proxy = TcpProxy(real.host or "127.0.0.1", real.port or 5432)
-    via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    conn = _inventory(via_proxy)
+    proxy, conn = _behind_proxy(target_url)
     with session_scope(db_url) as s:
         sync_connectors(s, {"inv": "inventory"})
     ids = _emit(db_url, [("job.succeeded", _data(i, f"{i:04d}", i)) for i in range(1, 6)]
@@ -130,7 +134,7 @@ def test_target_down_then_back_loses_nothing_and_a_rejected_event_dead_letters(d
                                 ConnectorDelivery.last_error)).all()
         [st] = status(s)
     assert {(r.status, r.attempts) for r in rows} == {("pending", 3)}
-    assert st.pending == 6 and st.last_error and str(proxy.port) in st.last_error + via_proxy
+    assert st.pending == 6 and st.last_error and ("connect" in st.last_error.lower() or "refused" in st.last_error)
 
     proxy.start()  # the database is back
     try:
@@ -160,10 +164,7 @@ def test_target_down_then_back_loses_nothing_and_a_rejected_event_dead_letters(d
 
 def test_schedule_exhausted_while_down_dead_letters_and_replay_recovers(db_url: str, target_url: str) -> None:
     _clean(target_url)
-    real = make_url(target_url)
-    proxy = TcpProxy(real.host or "127.0.0.1", real.port or 5432)
-    via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    conn = _inventory(via_proxy)
+    proxy, conn = _behind_proxy(target_url)
     with session_scope(db_url) as s:
         sync_connectors(s, {"inv": "inventory"})
     t0 = utcnow() - timedelta(seconds=1)

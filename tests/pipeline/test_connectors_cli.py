@@ -4,7 +4,6 @@ that holds its own deliveries pending without blocking the other."""
 
 from __future__ import annotations
 
-import socket
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,18 +14,11 @@ from sqlalchemy import create_engine, text
 from services.db import session_scope
 from services.queries import job_counts
 from tests import images
+from tests.connectors.tcpproxy import closed_port
 from tests.pipeline.conftest import CONFIG, wait_for
 from tests.pipeline.test_cli import vlwatch
 
 pytestmark = [pytest.mark.services, pytest.mark.mariadb]
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_connectors_from_the_command_line(app_env, db_url, start_worker, mariadb_url, tmp_path: Path):
@@ -39,7 +31,7 @@ def test_connectors_from_the_command_line(app_env, db_url, start_worker, mariadb
            "locations": {"shelf": {"site": "dc-north", "aisle": "7", "bay": "03"}},
            "connectors": {"stock": {"kind": "inventory", "url": target},
                           "offline": {"kind": "inventory",
-                                      "url": f"postgresql+psycopg://nobody@127.0.0.1:{_closed_port()}/inv"}}}
+                                      "url": f"postgresql+psycopg://nobody@127.0.0.1:{closed_port()}/inv"}}}
     (tmp_path / "site.yaml").write_text(yaml.safe_dump(cfg))
     env = {**app_env, "VLWATCH_CONFIG": str(tmp_path / "site.yaml")}
 
