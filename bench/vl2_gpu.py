@@ -68,7 +68,7 @@ def main() -> int:
                         "prefill_tflops_per_s": round(bs * flops_img / secs / 1e12, 1),
                         "peak_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
                         "estimated_mem_gb": round(est.total / 1e9, 2)})
-        del batch
+        batch = None  # free the inputs before the next size
         if cuda:
             torch.cuda.empty_cache()
     ok = [r for r in results if "images_per_s" in r]

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, Sequence
+from typing import Any, Optional, Protocol, Sequence
 
+from sqlalchemy import Table, case
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 
@@ -74,3 +76,40 @@ def deliver_batch(connector: Connector, events: Sequence[tuple[str, dict[str, An
         except DBAPIError as e:
             (out.retry if _unreachable(e) else out.dead)[eid] = str(e.orig)
     return out
+
+
+def upsert(conn: Connection, table: Table, rows: list[dict], batched: bool,
+            newer: Optional[str]) -> None:
+    """Dialect upsert. With ``newer`` the existing row is replaced only when that column grows."""
+    if not rows:
+        return
+    keys = {c.name for c in table.primary_key.columns}
+    cols = [c.name for c in table.columns if c.name not in keys]
+    dialect = conn.dialect.name
+    chunks = [rows] if batched else [[r] for r in rows]
+    for chunk in chunks:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(table).values(chunk)
+            ex = stmt.excluded
+            where = None
+            if newer is not None:
+                where = table.c[newer] < ex[newer]
+            stmt = stmt.on_conflict_do_update(index_elements=sorted(keys), set_={c: ex[c] for c in cols},
+                                              where=where)
+        elif dialect in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert
+            stmt = insert(table).values(chunk)
+            ins = stmt.inserted
+            if newer is None:
+                sets = {c: ins[c] for c in cols}
+            else:
+                # MySQL applies assignments left to right: the compared column goes last so every test sees
+                # its old value.
+                cond = table.c[newer] < ins[newer]
+                order = [c for c in cols if c != newer] + [newer]
+                sets = {c: case((cond, ins[c]), else_=table.c[c]) for c in order}
+            stmt = stmt.on_duplicate_key_update(list(sets.items()))
+        else:
+            raise ValueError(f"unsupported target dialect {dialect!r}")
+        conn.execute(stmt)

@@ -19,11 +19,11 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 from sqlalchemy import (
-    Boolean, Column, DateTime, Integer, MetaData, String, Table, case, create_engine,
+    Boolean, Column, DateTime, Integer, MetaData, String, Table, create_engine,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
-from connectors.base import event_time
+from connectors.base import event_time, upsert
 from connectors.geometry import overlaps
 from connectors.health import connect_args
 
@@ -152,8 +152,8 @@ class InventoryConnector:
             stock_rows += s
         with self.engine.begin() as conn:
             unique = {(r["image_id"], r["kind"], r["code"]): r for r in obs_rows}  # a duplicate event in the batch
-            _upsert(conn, observations, list(unique.values()), batched, newer=None)
-            _upsert(conn, stock, _latest(stock_rows), batched, newer="seen_rank")
+            upsert(conn, observations, list(unique.values()), batched, newer=None)
+            upsert(conn, stock, _latest(stock_rows), batched, newer="seen_rank")
 
 
 def _box(r: dict[str, Any]) -> Optional[tuple[float, float, float, float]]:
@@ -175,40 +175,3 @@ def _latest(rows: list[dict]) -> list[dict]:
         if k not in best or r["seen_rank"] > best[k]["seen_rank"]:
             best[k] = r
     return list(best.values())
-
-
-def _upsert(conn: Connection, table: Table, rows: list[dict], batched: bool,
-            newer: Optional[str]) -> None:
-    """Dialect upsert. With ``newer`` the existing row is replaced only when that column grows."""
-    if not rows:
-        return
-    keys = {c.name for c in table.primary_key.columns}
-    cols = [c.name for c in table.columns if c.name not in keys]
-    dialect = conn.dialect.name
-    chunks = [rows] if batched else [[r] for r in rows]
-    for chunk in chunks:
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(table).values(chunk)
-            ex = stmt.excluded
-            where = None
-            if newer is not None:
-                where = table.c[newer] < ex[newer]
-            stmt = stmt.on_conflict_do_update(index_elements=sorted(keys), set_={c: ex[c] for c in cols},
-                                              where=where)
-        elif dialect in ("mysql", "mariadb"):
-            from sqlalchemy.dialects.mysql import insert
-            stmt = insert(table).values(chunk)
-            ins = stmt.inserted
-            if newer is None:
-                sets = {c: ins[c] for c in cols}
-            else:
-                # MySQL applies assignments left to right: the compared column goes last so every test sees
-                # its old value.
-                cond = table.c[newer] < ins[newer]
-                order = [c for c in cols if c != newer] + [newer]
-                sets = {c: case((cond, ins[c]), else_=table.c[c]) for c in order}
-            stmt = stmt.on_duplicate_key_update(list(sets.items()))
-        else:
-            raise ValueError(f"unsupported target dialect {dialect!r}")
-        conn.execute(stmt)

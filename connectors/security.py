@@ -12,7 +12,7 @@ Writes: ``security_events`` keyed by (rule, zone, dedupe_key). With ``cooldown_s
 (capture time, image id, digest of box and event id). Without a cool-down ``dedupe_key`` is
 ``"<label>|<image id>|<box>"``: every match is an event. The order is stored as ``keep_rank``, a fixed-width digit
 string that is *greatest* for the earliest candidate, and one multi-row upsert per batch replaces a row only by a
-strictly greater ``keep_rank`` (:func:`connectors.inventory._upsert`). So the rows are a function of the set of
+strictly greater ``keep_rank`` (:func:`connectors.base.upsert`). So the rows are a function of the set of
 events delivered, whatever their order, duplication or batching. ``snapshot_url`` is presigned when the row is
 written (its lifetime counts from then) and is not refreshed by a re-delivery; it is the one column that depends
 on when, not what, was delivered.
@@ -30,9 +30,9 @@ from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
-from connectors.base import event_time
+from connectors.base import event_time, upsert
 from connectors.geometry import centre, point_in_polygon
-from connectors.inventory import _upsert
+from connectors.health import connect_args
 
 metadata = MetaData()
 
@@ -117,7 +117,7 @@ class SecurityConnector:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = create_engine(self.url, pool_pre_ping=True)
+            self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect_args())
         return self._engine
 
     def migrate(self) -> None:
@@ -178,7 +178,7 @@ class SecurityConnector:
         rows = [dict(ev, snapshot_url=self._link(ev["image_key"])) for ev in best.values()]
         if rows:
             with self.engine.begin() as conn:
-                _upsert(conn, events, rows, batched=True, newer="keep_rank")
+                upsert(conn, events, rows, batched=True, newer="keep_rank")
         return len(candidates)
 
     def _link(self, key: Optional[str]) -> Optional[str]:
