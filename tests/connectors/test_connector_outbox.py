@@ -211,3 +211,56 @@ def test_connector_added_later_gets_earlier_events_by_replay_and_a_removed_one_g
         with pytest.raises(ValueError, match="inv"):
             replay(s, since=t0, connector="inv")
     conn.engine.dispose()
+
+
+SITE = """
+profiles:
+  dock: {analyzers: [vl2-ground], phrases: [forklift, person]}
+sources:
+  dock-cam: {prefix: "dock/", profile: dock}
+zones:
+  door: {source: dock-cam, points: [[0, 0], [0.5, 0], [0.5, 1], [0, 1]], normalised: true}
+rules:
+  forklift-at-door: {labels: [forklift], zones: [door], min_score: 0.5, cooldown_seconds: 60, severity: high}
+connectors:
+  guard: {kind: security, url: "%s", timezone: Europe/Berlin, snapshot_lifetime_seconds: 600}
+"""
+
+
+def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str, target_url: str,
+                                                                     s3_settings) -> None:  # noqa: ANN001
+    import httpx
+
+    from connectors.registry import build_connectors
+    from services.config import parse_config
+    from services.storage import S3Store
+
+    store = S3Store(s3_settings.endpoint, s3_settings.access_key, s3_settings.secret_key, s3_settings.bucket)
+    store.put("dock/frame-1.jpg", b"frame-1 bytes")
+    guard = build_connectors(parse_config(SITE % target_url), store)["guard"]
+    guard.migrate()
+    with guard.engine.begin() as conn:
+        conn.execute(text("DELETE FROM security_events"))
+
+    def frame(image_id: int, second: int, x: float) -> dict:
+        det = {"label": "forklift", "x1": x, "y1": 10.0, "x2": x + 20, "y2": 30.0, "score": 0.9}
+        return {"image": {"id": image_id, "bucket": s3_settings.bucket, "key": f"dock/frame-{image_id}.jpg",
+                          "source": "dock-cam", "width": 200, "height": 100,
+                          "captured_at": f"2026-11-25T21:00:{second:02d}Z", "uploaded_at": None},
+                "results": {"objects": [det], "text": [], "barcodes": []}, "job": {"id": image_id}}
+
+    with session_scope(db_url) as s:
+        sync_connectors(s, {"guard": "security"})
+    # Frame 1: forklift in the door zone. Frame 2: again, 10 s later (cool-down). Frame 3: outside the zone.
+    _emit(db_url, [("job.succeeded", frame(2, 10, 20.0)), ("job.succeeded", frame(1, 0, 20.0)),
+                   ("job.succeeded", frame(3, 5, 150.0))])
+    _drain(db_url, {"guard": guard})
+    assert _states(db_url) == {"delivered": 3}
+    with guard.engine.connect() as conn:
+        rows = conn.execute(text("SELECT rule, zone, label, image_id, severity, image_key, snapshot_url "
+                                 "FROM security_events")).all()
+    assert [(r.rule, r.zone, r.label, r.image_id, r.severity) for r in rows] == [
+        ("forklift-at-door", "door", "forklift", 1, "high")]  # the earliest frame of the cool-down slot
+    assert httpx.get(rows[0].snapshot_url).content == b"frame-1 bytes"  # a working presigned link
+    assert "X-Amz-Expires=600" in rows[0].snapshot_url
+    guard.engine.dispose()
