@@ -7,7 +7,11 @@ from typing import Optional
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
-TABLES = {"inventory": ("inventory_observations", "inventory_stock"), "security": ("security_events",)}
+
+def _metadata(kind: str):  # noqa: ANN202
+    from connectors import inventory, security
+
+    return {"inventory": inventory.metadata, "security": security.metadata}[kind]
 
 
 def connect_args(timeout: float = 10.0) -> dict[str, object]:
@@ -24,12 +28,19 @@ def check_target(kind: str, url: str, timeout: float = 5.0) -> Optional[str]:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-            have = set(inspect(conn).get_table_names())
+            insp = inspect(conn)
+            have = {t: {c["name"] for c in insp.get_columns(t)} for t in insp.get_table_names()}
     except DBAPIError as exc:
         return f"cannot connect to {engine.url.render_as_string(hide_password=True)}: {str(exc.orig).strip()}"
     finally:
         engine.dispose()
-    missing = [t for t in TABLES[kind] if t not in have]
+    want = _metadata(kind).tables
+    missing = [t for t in sorted(want) if t not in have]
     if missing:
         return f"reachable, but table(s) {', '.join(missing)} missing: run `vlwatch connectors migrate`"
+    for name, table in sorted(want.items()):
+        lacking = [c.name for c in table.columns if c.name not in have[name]]
+        if lacking:
+            return (f"table {name} lacks column(s) {', '.join(lacking)}: it was made by another version; "
+                    f"rename or drop it, then run `vlwatch connectors migrate`")
     return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from connectors.delivery import replay, status, sync_connectors
@@ -264,3 +264,23 @@ def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str,
     assert httpx.get(rows[0].snapshot_url).content == b"frame-1 bytes"  # a working presigned link
     assert "X-Amz-Expires=600" in rows[0].snapshot_url
     guard.engine.dispose()
+
+
+def test_check_names_what_is_wrong_with_a_target(pg_url: str) -> None:
+    from connectors.health import check_target
+    from tests.connectors.tcpproxy import closed_port
+
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS legacy CASCADE"))
+        conn.execute(text("CREATE SCHEMA legacy"))
+        conn.execute(text("CREATE TABLE legacy.security_events (rule text, zone text, label text)"))
+    admin.dispose()
+    legacy = make_url(pg_url).update_query_dict({"options": "-csearch_path=legacy"}).render_as_string(False)
+    problem = check_target("security", legacy)
+    assert problem and "table security_events lacks column(s)" in problem and "dedupe_key" in problem
+    assert "inventory_observations, inventory_stock missing" in (check_target("inventory", legacy) or "")
+    down = make_url(pg_url).set(port=closed_port()).render_as_string(False)
+    assert (check_target("inventory", down, timeout=2) or "").startswith("cannot connect to postgresql")
+    _clean(pg_url)  # the inventory tables exist in the public schema
+    assert check_target("inventory", pg_url) is None
