@@ -156,8 +156,10 @@ class VL2Processor:
                 tiles.append(self._to_array(local.crop((x, y, x + s, y + s))))
         return tiles, (best_w // s, best_h // s)
 
-    def process_one(self, text: str, images: Sequence[Image.Image]) -> _Sample:
-        """Token ids (BOS first, no EOS), image mask, tiles and crops of one already-templated prompt."""
+    def process_one(self, text: str, images: Sequence[Image.Image],
+                    tile_cache: dict[tuple[int, bool], Any] | None = None) -> _Sample:
+        """Token ids (BOS first, no EOS), image mask, tiles and crops of one already-templated prompt.
+        ``tile_cache`` (by image object) lets several prompts about one image tile and normalise it once."""
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(images):
             raise ValueError(f"the prompt has {len(pieces) - 1} {self.image_token} placeholders "
@@ -172,7 +174,13 @@ class VL2Processor:
             ids += toks
             mask += [False] * len(toks)
             if i < len(images):
-                t, (nw, nh) = self.image_tiles(images[i], cropping)
+                key = (id(images[i]), cropping)
+                if tile_cache is not None and key in tile_cache:
+                    t, (nw, nh) = tile_cache[key]
+                else:
+                    t, (nw, nh) = self.image_tiles(images[i], cropping)
+                    if tile_cache is not None:
+                        tile_cache[key] = (t, (nw, nh))
                 tiles += t
                 crops.append((nw, nh))
                 n = self.image_tokens(nw, nh)
@@ -188,7 +196,8 @@ class VL2Processor:
         if not prompts:
             raise ValueError("empty batch")
         texts = [self.format_prompt(p) if apply_template else p for p in prompts]
-        samples = [self.process_one(t, imgs) for t, imgs in zip(texts, images)]
+        cache: dict[tuple[int, bool], Any] = {}  # the images outlive the call, so their ids stay unique in it
+        samples = [self.process_one(t, imgs, cache) for t, imgs in zip(texts, images)]
         b, t = len(samples), max(len(s.ids) for s in samples)
         s = self.image_size
         max_tiles = max(max(len(x.tiles) for x in samples), 1)

@@ -235,3 +235,22 @@ def test_unusable_checkpoint_directories_are_oserrors(tmp_path: Path) -> None:
     (tmp_path / "processor_config.json").write_text("[1, 2")
     with pytest.raises(OSError):
         VL2Processor.from_checkpoint(tmp_path)
+
+
+def test_several_prompts_about_one_image_tile_it_once(proc: VL2Processor, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (500, 900, 3), dtype=np.uint8))
+    other = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    prompts = ["<image>\n<|ref|>pallet<|/ref|>.", "<image>\n<|ref|>forklift<|/ref|>.", "<image>\nRead the text."]
+    apart = [proc([p], [[img]]) for p in prompts] + [proc([prompts[0]], [[other]])]
+    calls = []
+    real = proc.image_tiles
+    monkeypatch.setattr(proc, "image_tiles", lambda im, cropping=True: calls.append(im) or real(im, cropping))
+    together = proc(prompts + [prompts[0]], [[img], [img], [img], [other]])
+    assert calls == [img, other]  # once per image, not once per prompt
+    for i, one in enumerate(apart):
+        n = one.input_ids.shape[1]
+        assert torch.equal(together.input_ids[i, -n:], one.input_ids[0])
+        k = one.images.shape[1]
+        assert torch.equal(together.images[i, :k], one.images[0])
+        assert torch.equal(together.images_spatial_crop[i], one.images_spatial_crop[0])
