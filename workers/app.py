@@ -7,8 +7,10 @@ Queues: ``cpu`` (barcode, CPU OCR), ``gpu`` (DeepSeek-VL2), named per profile in
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any, Optional
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
 
 from services.settings import Settings
 from workers.pipeline import TransientError, run_batch
@@ -43,7 +45,37 @@ def make_app(settings: Settings) -> Celery:
                                              "processed_folder": str(folder / "processed"), "store_processed": False}
     app.task(name=ANALYZE, bind=True, acks_late=True, max_retries=8)(analyze)
     app.task(name=RECONCILE)(reconcile_task)
+    _warm_up_on_start(app)
     return app
+
+
+def _warm_up_on_start(app: Celery) -> None:
+    """The process that runs tasks warms up (``Runtime.warm_up``: database connection, the analyzers of the
+    profiles its queues serve) before its first task: the solo pool's worker before it reports ready; a prefork
+    child beside its start-up, in a thread (it must report up within ``worker_proc_alive_timeout``, 4 s, and a
+    model load takes longer; its first task waits for the analyzer); the threads pool's worker when ready. Never
+    the prefork parent, which runs no task and must not hold a model."""
+
+    def queues() -> Optional[set[str]]:
+        consume = app.amqp.queues.consume_from
+        return set(consume) if consume else None
+
+    def on_process_init(**_: Any) -> None:  # prefork children and the solo pool
+        from billiard.process import current_process
+
+        rt = get_runtime()
+        if current_process().name == "MainProcess":
+            rt.warm_up(queues())
+        else:
+            threading.Thread(target=rt.warm_up, args=(queues(),), name="vlwatch-warm-up", daemon=True).start()
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app and "prefork" not in type(getattr(sender, "pool", None)).__module__:
+            get_runtime().warm_up(queues())  # once per process: the solo pool's is done already
+
+    app._vlwatch_warm_up = (on_process_init, on_ready)  # the signals hold their receivers weakly
+    signals.worker_process_init.connect(on_process_init)
+    signals.worker_ready.connect(on_ready)
 
 
 def analyze(self: Task, job_ids: list[int] | int) -> dict[str, int]:

@@ -16,7 +16,6 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, Sequence
@@ -115,11 +114,12 @@ def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outc
     """Claim ``job_ids`` (topped up with other queued jobs to ``batch_size``) and run them together."""
     claimed: list[int] = []
     try:
+        leased_at = time.monotonic()
         claimed = claim(rt, job_ids, extra=batch_size - len(job_ids))
         skipped = [Outcome(j, "skipped") for j in job_ids if j not in claimed]
         if skipped:
             log.info("jobs %s skipped: finished already or held by a live lease", [o.job_id for o in skipped])
-        return skipped + (_run_claimed(rt, claimed) if claimed else [])
+        return skipped + (_run_claimed(rt, claimed, leased_at) if claimed else [])
     except (StorageUnavailable, OperationalError) as exc:
         if claimed:
             _release(rt, claimed)
@@ -152,9 +152,12 @@ def _decode(rt: Runtime, w: Work) -> None:
     w.timings["decode"] = time.perf_counter() - t
 
 
-def _run_claimed(rt: Runtime, job_ids: list[int]) -> list[Outcome]:
+def _run_claimed(rt: Runtime, job_ids: list[int], leased_at: Optional[float] = None) -> list[Outcome]:
+    """``leased_at``: ``time.monotonic()`` from before the claim; leases are renewed after an analyzer once a
+    quarter of the lease has passed since (a transaction per renewal: not after every fast analyzer)."""
     from model.analyzers import AnalyzerUnavailable
 
+    leased_at = time.monotonic() if leased_at is None else leased_at
     work = _load(rt, job_ids)
     for w in work:
         if w.attempts > rt.settings.max_attempts:
@@ -163,9 +166,8 @@ def _run_claimed(rt: Runtime, job_ids: list[int]) -> list[Outcome]:
         elif w.profile not in rt.config.profiles:
             w.failure = f"profile {w.profile!r} is not in the configuration file any more"
     live = [w for w in work if w.failure is None]
-    if len(live) > 1:
-        with ThreadPoolExecutor(min(8, len(live))) as pool:  # object storage is I/O: fetch concurrently
-            list(pool.map(lambda w: _fetch(rt, w), live))
+    if len(live) > 1:  # object storage is I/O: fetch concurrently
+        list(rt.fetch_pool().map(lambda w: _fetch(rt, w), live))
     else:
         for w in live:
             _fetch(rt, w)
@@ -201,7 +203,9 @@ def _run_claimed(rt: Runtime, job_ids: list[int]) -> list[Outcome]:
                     w.failure = r
                 else:
                     w.results.append(r)
-            _extend_leases(rt, [w.job_id for w in group])
+            if time.monotonic() - leased_at > rt.settings.lease_seconds / 4:
+                leased_at = time.monotonic()
+                _extend_leases(rt, [w.job_id for w in group])
     return commit(rt, work)
 
 
