@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, Sequence
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from connectors.outbox import event_row
-from services.db import session_scope
+from services.db import get_engine, session_scope
 from services.schema import RESULT_TABLES, Image, Job, JobStatus, OutboxEvent, Source, utcnow
 from services.storage import ObjectNotFound, StorageUnavailable
 from workers.decode import BadImage, decode_image
@@ -65,27 +65,44 @@ class Work:
 def claim(rt: Runtime, job_ids: Sequence[int], extra: int = 0) -> list[int]:
     """Lease those of ``job_ids`` that are queued (or running with an expired lease), plus up to ``extra`` other
     queued jobs of the same queue, oldest first. Returns the claimed ids ([] when none was ours to run)."""
+    return [w.job_id for w in _claim(rt, job_ids, extra)]
+
+
+def _claim(rt: Runtime, job_ids: Sequence[int], extra: int = 0) -> list[Work]:
+    """``claim``, returning the claimed jobs as ``Work`` (ordered by id). PostgreSQL: a statement per step, each
+    an ``UPDATE jobs ... FROM images ... RETURNING`` that leases and loads at once (the extra jobs picked with
+    ``FOR UPDATE SKIP LOCKED``); SQLite, whose RETURNING cannot name ``images``: a select of the keys after."""
     now = utcnow()
-    claimable = or_(Job.status == JobStatus.queued.value,
-                    (Job.status == JobStatus.running.value) & (Job.lease_expires_at < now))
+    j, im = Job.__table__, Image.__table__
+    claimable = or_(j.c.status == JobStatus.queued.value,
+                    (j.c.status == JobStatus.running.value) & (j.c.lease_expires_at < now))
     lease = {"status": JobStatus.running.value, "lease_owner": rt.worker_id, "started_at": now,
-             "lease_expires_at": now + timedelta(seconds=rt.settings.lease_seconds), "attempts": Job.attempts + 1}
-    with session_scope(rt.db_url) as s:
-        got = s.execute(update(Job).where(Job.id.in_(list(job_ids))).where(claimable).values(**lease)
-                        .returning(Job.id, Job.queue)).all()
-        if not got:
-            return []
-        ids = [i for i, _ in got]
-        if extra > 0:
-            q = (select(Job.id).where(Job.status == JobStatus.queued.value, Job.queue == got[0][1])
-                 .order_by(Job.id).limit(extra))
-            if s.get_bind().dialect.name == "postgresql":
-                q = q.with_for_update(skip_locked=True)
-            more = s.execute(q).scalars().all()
-            if more:
-                ids += s.execute(update(Job).where(Job.id.in_(more), Job.status == JobStatus.queued.value)
-                                 .values(**lease).returning(Job.id)).scalars().all()
-    return ids
+             "lease_expires_at": now + timedelta(seconds=rt.settings.lease_seconds), "attempts": j.c.attempts + 1}
+    with get_engine(rt.db_url).begin() as conn:
+        pg = conn.dialect.name == "postgresql"
+
+        def take(where: Any) -> list[tuple[Work, str]]:
+            stmt = update(j).where(where).values(**lease)
+            if pg:
+                rows = conn.execute(stmt.where(im.c.id == j.c.image_id).returning(
+                    j.c.id, j.c.image_id, im.c.key, j.c.profile, j.c.attempts, j.c.queue)).all()
+            else:
+                got = conn.execute(stmt.returning(j.c.id, j.c.image_id, j.c.profile, j.c.attempts, j.c.queue)).all()
+                keys = dict(conn.execute(select(im.c.id, im.c.key).where(im.c.id.in_([r[1] for r in got]))).all()) \
+                    if got else {}
+                rows = [(i, image_id, keys[image_id], profile, attempts, queue)
+                        for i, image_id, profile, attempts, queue in got]
+            return [(Work(i, image_id, key, profile, attempts), queue)
+                    for i, image_id, key, profile, attempts, queue in rows]
+
+        claimed = take(j.c.id.in_(list(job_ids)) & claimable)
+        if claimed and extra > 0:
+            more = (select(j.c.id).where(j.c.status == JobStatus.queued.value, j.c.queue == claimed[0][1])
+                    .order_by(j.c.id).limit(extra))
+            if pg:
+                more = more.with_for_update(skip_locked=True)
+            claimed += take(j.c.id.in_(more.scalar_subquery()) & (j.c.status == JobStatus.queued.value))
+    return sorted((w for w, _ in claimed), key=lambda w: w.job_id)
 
 
 def _extend_leases(rt: Runtime, job_ids: list[int]) -> None:
@@ -115,22 +132,16 @@ def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outc
     claimed: list[int] = []
     try:
         leased_at = time.monotonic()
-        claimed = claim(rt, job_ids, extra=batch_size - len(job_ids))
+        work = _claim(rt, job_ids, extra=batch_size - len(job_ids))
+        claimed = [w.job_id for w in work]
         skipped = [Outcome(j, "skipped") for j in job_ids if j not in claimed]
         if skipped:
             log.info("jobs %s skipped: finished already or held by a live lease", [o.job_id for o in skipped])
-        return skipped + (_run_claimed(rt, claimed, leased_at) if claimed else [])
+        return skipped + (_run_claimed(rt, work, leased_at) if work else [])
     except (StorageUnavailable, OperationalError) as exc:
         if claimed:
             _release(rt, claimed)
         raise TransientError(f"jobs {list(job_ids)}: {exc}") from exc
-
-
-def _load(rt: Runtime, job_ids: list[int]) -> list[Work]:
-    with session_scope(rt.db_url) as s:
-        rows = s.execute(select(Job.id, Job.image_id, Image.key, Job.profile, Job.attempts)
-                         .join(Image, Image.id == Job.image_id).where(Job.id.in_(job_ids)).order_by(Job.id)).all()
-    return [Work(*r) for r in rows]
 
 
 def _fetch(rt: Runtime, w: Work) -> None:
@@ -152,13 +163,12 @@ def _decode(rt: Runtime, w: Work) -> None:
     w.timings["decode"] = time.perf_counter() - t
 
 
-def _run_claimed(rt: Runtime, job_ids: list[int], leased_at: Optional[float] = None) -> list[Outcome]:
+def _run_claimed(rt: Runtime, work: list[Work], leased_at: Optional[float] = None) -> list[Outcome]:
     """``leased_at``: ``time.monotonic()`` from before the claim; leases are renewed after an analyzer once a
     quarter of the lease has passed since (a transaction per renewal: not after every fast analyzer)."""
     from model.analyzers import AnalyzerUnavailable
 
     leased_at = time.monotonic() if leased_at is None else leased_at
-    work = _load(rt, job_ids)
     for w in work:
         if w.attempts > rt.settings.max_attempts:
             w.failure = (f"gave up after {w.attempts - 1} attempts: the worker was lost each time "
@@ -260,16 +270,20 @@ def _rows(result: Any, job_id: int, image_id: int) -> tuple[str, list[dict[str, 
 
 def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
     """For every job still leased to us, in one transaction: its results (replacing any earlier ones), image
-    facts, final status, and its job.succeeded / job.failed event. Bulk statements: a handful per batch."""
+    facts, final status, and its job.succeeded / job.failed event. Core statements, a handful per batch: the jobs
+    locked with their images and sources in one select; results deleted only for jobs run before (a job's first
+    attempt has none: ``attempts`` counts claims, and results are only written under a claim); an executemany per
+    table for the rest."""
     outcomes: list[Outcome] = []
     ids = [w.job_id for w in work]
-    with session_scope(rt.db_url) as s:
-        jobs = {r.id: r for r in s.execute(select(Job.id, Job.status, Job.lease_owner, Job.profile, Job.attempts)
-                                           .where(Job.id.in_(ids)).with_for_update())}
-        images = {r.id: r for r in s.execute(
-            select(Image.id, Image.bucket, Image.key, Image.etag, Image.source_id, Image.sha256, Image.uploaded_at)
-            .where(Image.id.in_([w.image_id for w in work])))}
-        sources = dict(s.execute(select(Source.id, Source.name)).all())
+    j, im, src = Job.__table__, Image.__table__, Source.__table__
+    with get_engine(rt.db_url).begin() as conn:
+        rows = conn.execute(
+            select(j.c.id, j.c.status, j.c.lease_owner, j.c.profile, j.c.attempts, im.c.id.label("image_id"),
+                   im.c.bucket, im.c.key, im.c.etag, im.c.sha256, im.c.uploaded_at, src.c.name.label("source"))
+            .join(im, im.c.id == j.c.image_id).outerjoin(src, src.c.id == im.c.source_id)
+            .where(j.c.id.in_(ids)).with_for_update(of=j)).all()
+        jobs = {r.id: r for r in rows}  # each with its image's columns
         mine = []
         for w in work:
             job = jobs[w.job_id]
@@ -280,20 +294,21 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
                 outcomes.append(Outcome(w.job_id, "lost"))
         if not mine:
             return outcomes
-        for table in RESULT_TABLES.values():  # a re-run replaces, never duplicates
-            s.execute(delete(table).where(table.job_id.in_([w.job_id for w in mine])))
+        rerun = [w.job_id for w in mine if jobs[w.job_id].attempts > 1]
+        for table in RESULT_TABLES.values() if rerun else ():  # a re-run replaces, never duplicates
+            conn.execute(delete(table.__table__).where(table.__table__.c.job_id.in_(rerun)))
         results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         job_rows, image_rows, events = [], [], []
         now = utcnow()
         for w in mine:
-            job, image = jobs[w.job_id], images[w.image_id]
+            job = jobs[w.job_id]
             timings = {k: round(v, 6) for k, v in w.timings.items()}
-            image_row: dict[str, Any] = {"id": image.id, "sha256": _sha256(w.data) if w.data else image.sha256}
-            image_payload = {"id": image.id, "bucket": image.bucket, "key": image.key, "etag": image.etag,
-                             "source": sources.get(image.source_id), "width": None, "height": None,
+            image_row: dict[str, Any] = {"_id": job.image_id, "sha256": _sha256(w.data) if w.data else job.sha256}
+            image_payload = {"id": job.image_id, "bucket": job.bucket, "key": job.key, "etag": job.etag,
+                             "source": job.source, "width": None, "height": None,
                              "sha256": image_row["sha256"], "captured_at": None,
-                             "uploaded_at": _iso(image.uploaded_at)}
-            job_row: dict[str, Any] = {"id": job.id, "lease_owner": None, "lease_expires_at": None,
+                             "uploaded_at": _iso(job.uploaded_at)}
+            job_row: dict[str, Any] = {"_id": job.id, "lease_owner": None, "lease_expires_at": None,
                                        "finished_at": now, "timings": timings}
             if w.failure is not None:
                 log.warning("job %s failed: %s", w.job_id, w.failure)
@@ -308,10 +323,10 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
                 image_payload.update(width=w.decoded.width, height=w.decoded.height, captured_at=_iso(captured))
                 payload_results: dict[str, list] = {kind: [] for kind in RESULT_TABLES}
                 for result in w.results:
-                    kind, rows = _rows(result, job.id, image.id)
-                    results[kind].extend(rows)
+                    kind, found = _rows(result, job.id, job.image_id)
+                    results[kind].extend(found)
                     payload_results[kind].extend(
-                        {k: v for k, v in r.items() if k not in ("job_id", "image_id")} for r in rows)
+                        {k: v for k, v in r.items() if k not in ("job_id", "image_id")} for r in found)
                 lineage = [r.lineage.as_dict() for r in w.results]
                 job_row.update(status=JobStatus.succeeded.value, error=None, lineage=lineage)
                 events.append(event_row("job.succeeded", job.id, {
@@ -321,17 +336,19 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
                 outcomes.append(Outcome(w.job_id, "succeeded"))
             job_rows.append(job_row)
             image_rows.append(image_row)
-        for kind, rows in results.items():
-            if rows:
-                s.execute(insert(RESULT_TABLES[kind]), rows)
-        # ORM bulk UPDATE by primary key: one executemany per distinct column set.
-        for rows in _by_keys(image_rows):
-            s.execute(update(Image), rows)
-        for rows in _by_keys(job_rows):
-            s.execute(update(Job), rows)
-        s.execute(insert(OutboxEvent), events)
+        for kind, found in results.items():
+            if found:
+                conn.execute(insert(RESULT_TABLES[kind].__table__), found)
+        for table, table_rows in ((im, image_rows), (j, job_rows)):  # by primary key: an executemany per column set
+            for group in _by_keys(table_rows):
+                conn.execute(update(table).where(table.c.id == bindparam("_id"))
+                             .values({k: bindparam(k) for k in group[0] if k != "_id"}), group)
+        conn.execute(insert(OutboxEvent.__table__), events)
+    by_status: dict[str, list[int]] = defaultdict(list)
     for o in outcomes:
-        log.info("job %s %s", o.job_id, o.status)
+        by_status[o.status].append(o.job_id)
+    for status, job_ids in by_status.items():
+        log.info("jobs %s %s", job_ids, status)
     return outcomes
 
 
