@@ -236,7 +236,7 @@ def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str,
     from services.storage import S3Store
 
     store = S3Store(s3_settings.endpoint, s3_settings.access_key, s3_settings.secret_key, s3_settings.bucket)
-    store.put("dock/frame-1.jpg", b"frame-1 bytes")
+    store.put("security-test/frame-1.jpg", b"frame-1 bytes")  # outside the prefixes other tests scan
     guard = build_connectors(parse_config(SITE % target_url), store)["guard"]
     guard.migrate()
     with guard.engine.begin() as conn:
@@ -244,7 +244,7 @@ def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str,
 
     def frame(image_id: int, second: int, x: float) -> dict:
         det = {"label": "forklift", "x1": x, "y1": 10.0, "x2": x + 20, "y2": 30.0, "score": 0.9}
-        return {"image": {"id": image_id, "bucket": s3_settings.bucket, "key": f"dock/frame-{image_id}.jpg",
+        return {"image": {"id": image_id, "bucket": s3_settings.bucket, "key": f"security-test/frame-{image_id}.jpg",
                           "source": "dock-cam", "width": 200, "height": 100,
                           "captured_at": f"2026-11-25T21:00:{second:02d}Z", "uploaded_at": None},
                 "results": {"objects": [det], "text": [], "barcodes": []}, "job": {"id": image_id}}

@@ -76,8 +76,9 @@ def test_camera_put_is_found_by_scan_once(runtime, db_url, send_job, s3_settings
     data = _label_files()[0].read_bytes()
     client.put_object(s3_settings.bucket, "dock/cam-7/frame-0001.png", io.BytesIO(data), len(data),
                       content_type="image/png")
-    assert scan(db_url, runtime.config, runtime.store, send_job, prefix="dock/") == 1
-    assert scan(db_url, runtime.config, runtime.store, send_job, prefix="dock/") == 0
+    # The bucket is the session's: scan only this test's camera folder.
+    assert scan(db_url, runtime.config, runtime.store, send_job, prefix="dock/cam-7/") == 1
+    assert scan(db_url, runtime.config, runtime.store, send_job, prefix="dock/cam-7/") == 0
     start_worker()
     wait_for(lambda: _jobs_done(db_url, 1), 60, "the scanned job")
     with session_scope(db_url) as s:
