@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.config import AppConfig
-from services.db import session_scope
+from services.db import get_engine, session_scope
 from services.schema import Image, Job, Source, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class Registered:
     image_id: int
     job_id: Optional[int]  # None when the object was already registered
     key: str
+    queue: Optional[str] = None  # the new job's queue
 
     @property
     def created(self) -> bool:
@@ -68,15 +69,19 @@ def ensure_sources(session: Session, config: AppConfig) -> dict[str, int]:
 
 
 def register_objects(
-    session: Session, config: AppConfig, bucket: str, objects: Sequence[ObjectLike], source: Optional[str] = None
+    session: Session, config: AppConfig, bucket: str, objects: Sequence[ObjectLike], source: Optional[str] = None,
+    source_ids: Optional[dict[str, int]] = None,
 ) -> list[Registered]:
     """Idempotently register objects in the caller's transaction (a few statements per batch, not per object).
-    ``source`` overrides prefix matching. The same (key, etag) twice in one batch registers once."""
+    ``source`` overrides prefix matching. The same (key, etag) twice in one batch registers once. ``source_ids``:
+    what ``ensure_sources`` returned for this config in an earlier transaction (one upload's batches share it)."""
     if not objects:
         return []
     if source is not None:
         config = config.with_source(source)
-    source_ids = ensure_sources(session, config)
+    if source_ids is None:
+        source_ids = ensure_sources(session, config)
+    conn = session.connection()  # Core statements in the session's transaction: no ORM bulk machinery per row
     now = utcnow()
     unique: dict[tuple[str, str], ObjectLike] = {}
     for obj in objects:
@@ -85,30 +90,31 @@ def register_objects(
     rows = [{"source_id": source_ids.get(sources[k]) if sources[k] else None, "bucket": bucket, "key": o.key,
              "etag": o.etag, "size": o.size, "content_type": o.content_type, "uploaded_at": o.last_modified,
              "registered_at": now} for k, o in unique.items()]
-    ins = _insert_ignore(session)
-    created = {(key, etag): image_id for image_id, key, etag in session.execute(
-        ins(Image).on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
-        .returning(Image.id, Image.key, Image.etag), rows)}
+    images, job_table = Image.__table__, Job.__table__
+    created = {(key, etag): image_id for image_id, key, etag in conn.execute(
+        _insert_ignore(session)(images).on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
+        .returning(images.c.id, images.c.key, images.c.etag), rows)}
     existing: dict[tuple[str, str], int] = {}
     rest = [k for k in unique if k not in created]
     for i in range(0, len(rest), 500):
-        existing.update({(key, etag): image_id for image_id, key, etag in session.execute(
-            select(Image.id, Image.key, Image.etag)
-            .where(Image.bucket == bucket, tuple_(Image.key, Image.etag).in_(rest[i : i + 500])))})
-    jobs: dict[int, int] = {}
+        existing.update({(key, etag): image_id for image_id, key, etag in conn.execute(
+            select(images.c.id, images.c.key, images.c.etag)
+            .where(images.c.bucket == bucket, tuple_(images.c.key, images.c.etag).in_(rest[i : i + 500])))})
+    jobs: dict[int, tuple[int, str]] = {}  # image id -> (job id, queue)
     if created:
         job_rows = []
         for k, image_id in created.items():
             profile_name = config.profile_name(sources[k])
             job_rows.append({"image_id": image_id, "profile": profile_name, "status": "queued", "attempts": 0,
                              "queue": config.profiles[profile_name].queue_name, "queued_at": now})
-        jobs = {image_id: job_id for job_id, image_id in session.execute(
-            insert(Job).returning(Job.id, Job.image_id), job_rows)}
+        jobs = {image_id: (job_id, queue) for job_id, image_id, queue in conn.execute(
+            insert(job_table).returning(job_table.c.id, job_table.c.image_id, job_table.c.queue), job_rows)}
     out: list[Registered] = []
     for obj in objects:
         k = (obj.key, obj.etag)
         if k in created and created[k] in jobs:
-            out.append(Registered(created[k], jobs.pop(created[k]), obj.key))
+            job_id, queue = jobs.pop(created[k])
+            out.append(Registered(created[k], job_id, obj.key, queue))
         else:  # already registered (earlier, or earlier in this batch): one image, one job
             out.append(Registered(created.get(k) or existing[k], None, obj.key))
     return out
@@ -129,12 +135,14 @@ def known_etags(session: Session, bucket: str, keys: Iterable[tuple[str, str]]) 
 
 def send_registered(db_url: str, registered: Iterable[Registered], send_job: SendJob) -> int:
     """After commit: send the new jobs (a task per queue and ``TASK_JOBS`` ids) and stamp ``sent_at``."""
-    new = [r.job_id for r in registered if r.job_id is not None]
+    new = [r for r in registered if r.job_id is not None]
     if not new:
         return 0
-    with session_scope(db_url) as s:
-        queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_(new))).all())
-    return send_in_chunks(db_url, [(j, queues[j]) for j in new], send_job)
+    queues = {r.job_id: r.queue for r in new if r.queue is not None}
+    if len(queues) < len(new):
+        with session_scope(db_url) as s:
+            queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_([r.job_id for r in new]))).all())
+    return send_in_chunks(db_url, [(r.job_id, queues[r.job_id]) for r in new], send_job)
 
 
 def send_in_chunks(db_url: str, jobs: Sequence[tuple[int, str]], send_job: SendJob) -> int:
@@ -153,17 +161,17 @@ def send_in_chunks(db_url: str, jobs: Sequence[tuple[int, str]], send_job: SendJ
             except Exception as exc:  # noqa: BLE001 - broker down: the reconciler re-sends
                 log.warning("could not send jobs %s (%s); the reconciler will re-send them", chunk, exc)
     if sent:
-        with session_scope(db_url) as s:
-            s.execute(update(Job).where(Job.id.in_(sent)).values(sent_at=utcnow()))
+        with get_engine(db_url).begin() as conn:
+            conn.execute(update(Job.__table__).where(Job.__table__.c.id.in_(sent)).values(sent_at=utcnow()))
     return len(sent)
 
 
 def register_and_send(
     db_url: str, config: AppConfig, bucket: str, objects: Sequence[ObjectLike], send_job: SendJob,
-    source: Optional[str] = None,
+    source: Optional[str] = None, source_ids: Optional[dict[str, int]] = None,
 ) -> list[Registered]:
     with session_scope(db_url) as s:
-        registered = register_objects(s, config, bucket, objects, source)
+        registered = register_objects(s, config, bucket, objects, source, source_ids)
     send_registered(db_url, registered, send_job)
     return registered
 
@@ -202,27 +210,33 @@ def upload(
     db_url: str, config: AppConfig, store, paths: Sequence[Path], source: str, send_job: SendJob,  # noqa: ANN001
     progress: Optional[Callable[[int], None]] = None, batch: int = 32,
 ) -> UploadReport:
-    """Put files into the bucket under the source's prefix and register them; already registered ones skip."""
+    """Put files into the bucket under the source's prefix and register them; already registered ones skip.
+    Per batch of ``batch`` files: a select of those known already, the puts (8 at a time), one transaction that
+    registers them, the tasks, and the stamp of ``sent_at``."""
     config = config.with_source(source)
     prefix = config.sources[source].prefix
     report = UploadReport(registered=[])
     files = list(iter_upload_files(paths))
-    for i in range(0, len(files), batch):
-        chunk = files[i : i + batch]
-        blobs = [(f, prefix + rel, f.read_bytes()) for f, rel in chunk]
-        with session_scope(db_url) as s:
-            known = known_etags(s, store.bucket, [(key, md5_hex(data)) for _, key, data in blobs])
-        todo = [(f, key, data) for f, key, data in blobs if (key, md5_hex(data)) not in known]
-        report.skipped += len(blobs) - len(todo)
-        with ThreadPoolExecutor(8) as pool:  # object storage is I/O: put concurrently
+    source_ids: Optional[dict[str, int]] = None
+    with ThreadPoolExecutor(8) as pool:  # object storage is I/O: put concurrently
+        for i in range(0, len(files), batch):
+            chunk = files[i : i + batch]
+            blobs = [(f, prefix + rel, f.read_bytes()) for f, rel in chunk]
+            digests = [md5_hex(data) for _, _, data in blobs]
+            with session_scope(db_url) as s:
+                known = known_etags(s, store.bucket, [(key, md5) for (_, key, _), md5 in zip(blobs, digests)])
+                if source_ids is None:
+                    source_ids = ensure_sources(s, config)
+            todo = [(f, key, data) for (f, key, data), md5 in zip(blobs, digests) if (key, md5) not in known]
+            report.skipped += len(blobs) - len(todo)
             infos = list(pool.map(lambda t: store.put(t[1], t[2], content_type=_content_type(t[0])), todo))
-        if infos:
-            regs = register_and_send(db_url, config, store.bucket, infos, send_job, source)
-            report.uploaded += sum(r.created for r in regs)
-            report.skipped += sum(not r.created for r in regs)
-            report.registered.extend(regs)
-        if progress:
-            progress(len(chunk))
+            if infos:
+                regs = register_and_send(db_url, config, store.bucket, infos, send_job, source, source_ids)
+                report.uploaded += sum(r.created for r in regs)
+                report.skipped += sum(not r.created for r in regs)
+                report.registered.extend(regs)
+            if progress:
+                progress(len(chunk))
     return report
 
 
