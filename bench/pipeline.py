@@ -148,83 +148,110 @@ def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict
     bucket = name.replace("_", "-")
     Minio(st["VLWATCH_TEST_S3_ENDPOINT"], st["VLWATCH_TEST_S3_ACCESS_KEY"], st["VLWATCH_TEST_S3_SECRET_KEY"],
           secure=False).make_bucket(bucket)
-    tmp = Path(tempfile.mkdtemp(prefix="vlwatch-bench-"))
-    (tmp / "vlwatch.yaml").write_text("profiles: {codes: {analyzers: [barcode]}}\n"
-                                      "sources: {bench: {prefix: 'bench/', profile: codes}}\n")
-    env = {**os.environ, "VLWATCH_DATABASE_URL": db_url, "VLWATCH_BROKER_URL": st["VLWATCH_TEST_REDIS_URL"],
-           "VLWATCH_S3_ENDPOINT": st["VLWATCH_TEST_S3_ENDPOINT"], "VLWATCH_S3_ACCESS_KEY": st["VLWATCH_TEST_S3_ACCESS_KEY"],
-           "VLWATCH_S3_SECRET_KEY": st["VLWATCH_TEST_S3_SECRET_KEY"], "VLWATCH_BUCKET": bucket,
-           "VLWATCH_CONFIG": str(tmp / "vlwatch.yaml"), "VLWATCH_BATCH_SIZE": str(batch)}
-    settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in env.items() if k.startswith("VLWATCH_")})
-    config = AppConfig(profiles={"codes": Profile(analyzers=("barcode",))},
-                       sources={"bench": SourceConfig(profile="codes", prefix="bench/")})
-    folder = tmp / "in"
-    folder.mkdir()
-    for i, data in enumerate(images):
-        (folder / f"label-{i:05d}.png").write_bytes(data)
+    procs: list[subprocess.Popen] = []
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix="vlwatch-bench-"))
+        (tmp / "vlwatch.yaml").write_text("profiles: {codes: {analyzers: [barcode]}}\n"
+                                          "sources: {bench: {prefix: 'bench/', profile: codes}}\n")
+        env = {**os.environ, "VLWATCH_DATABASE_URL": db_url, "VLWATCH_BROKER_URL": st["VLWATCH_TEST_REDIS_URL"],
+               "VLWATCH_S3_ENDPOINT": st["VLWATCH_TEST_S3_ENDPOINT"],
+               "VLWATCH_S3_ACCESS_KEY": st["VLWATCH_TEST_S3_ACCESS_KEY"],
+               "VLWATCH_S3_SECRET_KEY": st["VLWATCH_TEST_S3_SECRET_KEY"], "VLWATCH_BUCKET": bucket,
+               "VLWATCH_CONFIG": str(tmp / "vlwatch.yaml"), "VLWATCH_BATCH_SIZE": str(batch)}
+        settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in env.items()
+                               if k.startswith("VLWATCH_")})
+        config = AppConfig(profiles={"codes": Profile(analyzers=("barcode",))},
+                           sources={"bench": SourceConfig(profile="codes", prefix="bench/")})
+        folder = tmp / "in"
+        folder.mkdir()
+        for i, data in enumerate(images):
+            (folder / f"label-{i:05d}.png").write_bytes(data)
 
-    procs = []
-    for i in range(workers):
-        log = open(tmp / f"worker-{i}.log", "w")  # noqa: SIM115
-        procs.append(subprocess.Popen([sys.executable, "-m", "services", "worker", "-Q", "cpu", "--pool", "solo"],
-                                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-    deadline = time.monotonic() + 60
-    while sum(" ready." in p.read_text() for p in tmp.glob("worker-*.log")) < workers:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"workers did not start; logs in {tmp}")
-        time.sleep(0.1)
-    # The subscriber and the dispatcher run as their own processes, as they would in production.
-    rx = subprocess.Popen([sys.executable, "-m", "connectors.receiver"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          text=True, start_new_session=True)
-    rx_url, rx_secret = rx.stdout.readline().split()
-    procs.append(rx)
-    with session_scope(db_url) as s:
-        add_subscription(s, "bench", rx_url, ["job.succeeded", "job.failed"], rx_secret)
-    denv = {**env, "VLWATCH_DISPATCH_INTERVAL_SECONDS": "0.05", "VLWATCH_WEBHOOK_RETRY_SCHEDULE": "0.5,1,2"}
-    procs.append(subprocess.Popen([sys.executable, "-m", "services", "dispatch", "--watch"], cwd=ROOT, env=denv,
-                                  stdout=open(tmp / "dispatch.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
-                                  start_new_session=True))
+        for i in range(workers):
+            log = open(tmp / f"worker-{i}.log", "w")  # noqa: SIM115
+            procs.append(subprocess.Popen([sys.executable, "-m", "services", "worker", "-Q", "cpu", "--pool", "solo"],
+                                          cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        deadline = time.monotonic() + 60
+        while sum(" ready." in p.read_text() for p in tmp.glob("worker-*.log")) < workers:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"workers did not start; logs in {tmp}")
+            time.sleep(0.1)
+        # The subscriber and the dispatcher run as their own processes, as they would in production.
+        rx = subprocess.Popen([sys.executable, "-m", "connectors.receiver"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+        rx_url, rx_secret = rx.stdout.readline().split()
+        procs.append(rx)
+        with session_scope(db_url) as s:
+            add_subscription(s, "bench", rx_url, ["job.succeeded", "job.failed"], rx_secret)
+        denv = {**env, "VLWATCH_DISPATCH_INTERVAL_SECONDS": "0.05", "VLWATCH_WEBHOOK_RETRY_SCHEDULE": "0.5,1,2"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "services", "dispatch", "--watch"], cwd=ROOT, env=denv,
+                                      stdout=open(tmp / "dispatch.log", "w"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                      start_new_session=True))
 
-    # Like the workers' " ready.", wait until the dispatcher has started (imports, first rounds: ~1.3 s of CPU)
-    # and idles, so its start-up is not counted as per-image work nor competes with the measured run.
-    wait_idle(procs[-1].pid, tmp)
+        # Like the workers' " ready.", wait until the dispatcher has started (imports, first rounds: ~1.3 s of CPU)
+        # and idles, so its start-up is not counted as per-image work nor competes with the measured run.
+        wait_idle(procs[-1].pid, tmp)
 
-    # The clock's poll (every 20 ms) on one connection: a session per poll cost ~1 ms of CPU, 5 % of a core.
-    poll = get_engine(db_url).connect()
-    count_delivered = select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.status == "delivered")
+        # The clock's poll (every 20 ms) on one connection: a session per poll cost ~1 ms of CPU, 5 % of a core.
+        poll = get_engine(db_url).connect()
+        count_delivered = select(func.count()).select_from(WebhookDelivery).where(WebhookDelivery.status == "delivered")
 
-    def delivered() -> int:
-        n = poll.execute(count_delivered).scalar_one()
-        poll.rollback()
-        return n
+        def delivered() -> int:
+            n = poll.execute(count_delivered).scalar_one()
+            poll.rollback()
+            return n
 
-    # One-time set-up outside the clock, as the workers' and the dispatcher's start-up: the uploader's S3 client
-    # and Celery producer connection, and the bucket's first write (SeaweedFS allocates the volumes of a new
-    # bucket's collection on its first write: 0.2-1 s that no later upload pays).
-    store = make_store(settings)
-    store.put("bench-setup/first-write", os.urandom(1024), content_type="application/octet-stream")
-    store.delete("bench-setup/first-write")
-    app = make_app(settings)
-    with app.producer_pool.acquire(block=True) as producer:
-        producer.connection.ensure_connection(max_retries=3)
-    roles = {"worker": [p.pid for p in procs[:workers]], "receiver": [rx.pid], "dispatcher": [procs[-1].pid]}
-    cpu0 = cpu_by_component(roles)
-    t0 = time.perf_counter()
-    upload(db_url, config, store, [folder], "bench", sender_for(app))
-    t_up = time.perf_counter() - t0
-    while delivered() < len(images):
-        if time.perf_counter() - t0 > 600:
-            raise SystemExit(f"only {delivered()} of {len(images)} webhooks delivered in 600 s; logs in {tmp}")
-        time.sleep(0.02)
-    elapsed = time.perf_counter() - t0
-    cpu1 = cpu_by_component(roles)
-    cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
-    poll.close()
-    for p in procs:
-        os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        p.wait(30)
-    return len(images) / elapsed, {"upload_s": t_up, "total_s": elapsed, "cpu": cpu}
+        # One-time set-up outside the clock, as the workers' and the dispatcher's start-up: the uploader's S3 client
+        # and Celery producer connection, and the bucket's first write (SeaweedFS allocates the volumes of a new
+        # bucket's collection on its first write: 0.2-1 s that no later upload pays).
+        store = make_store(settings)
+        store.put("bench-setup/first-write", os.urandom(1024), content_type="application/octet-stream")
+        store.delete("bench-setup/first-write")
+        app = make_app(settings)
+        with app.producer_pool.acquire(block=True) as producer:
+            producer.connection.ensure_connection(max_retries=3)
+        roles = {"worker": [p.pid for p in procs[:workers]], "receiver": [rx.pid], "dispatcher": [procs[-1].pid]}
+        cpu0 = cpu_by_component(roles)
+        t0 = time.perf_counter()
+        upload(db_url, config, store, [folder], "bench", sender_for(app))
+        t_up = time.perf_counter() - t0
+        while delivered() < len(images):
+            if time.perf_counter() - t0 > 600:
+                raise SystemExit(f"only {delivered()} of {len(images)} webhooks delivered in 600 s; logs in {tmp}")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - t0
+        cpu1 = cpu_by_component(roles)
+        cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
+        poll.close()
+        return len(images) / elapsed, {"upload_s": t_up, "total_s": elapsed, "cpu": cpu}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+        cleanup(st, bucket, name)
+
+
+def cleanup(st: dict[str, str], bucket: str, database: str) -> None:
+    """Remove the run's bucket and database: every bucket is a SeaweedFS collection with volumes of its own, and the
+    test server runs out of volumes after some dozens of them."""
+    from minio import Minio
+    from minio.deleteobjects import DeleteObject
+    from sqlalchemy import create_engine, text
+
+    from services.db import dispose_all
+
+    s3 = Minio(st["VLWATCH_TEST_S3_ENDPOINT"], st["VLWATCH_TEST_S3_ACCESS_KEY"], st["VLWATCH_TEST_S3_SECRET_KEY"],
+               secure=False)
+    objects = [DeleteObject(o.object_name) for o in s3.list_objects(bucket, recursive=True)]
+    for err in s3.remove_objects(bucket, objects):
+        print(f"could not delete {err.name} from bucket {bucket}: {err.message}", file=sys.stderr)
+    s3.remove_bucket(bucket)
+    dispose_all()
+    with create_engine(st["VLWATCH_TEST_PG_URL"], isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(text(f'DROP DATABASE "{database}" WITH (FORCE)'))
 
 
 def main() -> None:
