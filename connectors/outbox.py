@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from sqlalchemy import Text, bindparam, cast, delete, func, select, update
+from sqlalchemy import Integer, Text, bindparam, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from connectors.webhooks import RetrySchedule, Sender, new_secret, send
@@ -144,27 +144,40 @@ class _Claimed:
     body: bytes
 
 
+@functools.lru_cache(maxsize=4)
+def _claim_statements(dialect: str) -> tuple[Any, ...]:
+    """The claim's statements, built once (building them cost more CPU than running them): parameters ``now``,
+    ``until`` (the lease's end), ``limit``; SQLite's select takes the claimed ``ids``."""
+    d, sub, ev = WebhookDelivery.__table__, WebhookSubscription.__table__, OutboxEvent.__table__
+    when = d.c.next_attempt_at.type
+    pick = (select(d.c.id).where(d.c.status == DeliveryStatus.pending.value,
+                                 d.c.next_attempt_at <= bindparam("now", type_=when),
+                                 d.c.subscription_id.in_(select(sub.c.id).where(sub.c.active.is_(True))))
+            .order_by(d.c.next_attempt_at, d.c.id).limit(bindparam("limit", type_=Integer)))
+    claim = update(d).values(next_attempt_at=bindparam("until", type_=when))
+    # the payload's JSON text as stored is the body: not parsed and serialised again
+    wanted = (d.c.id, d.c.attempts, sub.c.url, sub.c.secret, ev.c.event_id, cast(ev.c.payload, Text))
+    if dialect == "postgresql":
+        return (claim.where(d.c.id.in_(pick.with_for_update(skip_locked=True).scalar_subquery()),
+                            sub.c.id == d.c.subscription_id, ev.c.id == d.c.event_id).returning(*wanted),)
+    return (claim.where(d.c.id.in_(pick.scalar_subquery())).returning(d.c.id),
+            select(*wanted).join(sub, sub.c.id == d.c.subscription_id).join(ev, ev.c.id == d.c.event_id)
+            .where(d.c.id.in_(bindparam("ids", expanding=True))))
+
+
 def _claim_due(db_url: str, limit: int, now: datetime, lease: float = CLAIM_SECONDS) -> list[_Claimed]:
     """Claim up to ``limit`` due deliveries of active subscriptions (a paused one's are held back), oldest due
     first, and return what sending needs; the claimed rows' ``next_attempt_at`` moves to the lease's end.
     PostgreSQL: one ``UPDATE ... FROM ... RETURNING`` over a ``FOR UPDATE SKIP LOCKED`` pick. SQLite (whose
     RETURNING cannot name the FROM tables; one writer at a time): the update, then a select."""
-    d, sub, ev = WebhookDelivery.__table__, WebhookSubscription.__table__, OutboxEvent.__table__
+    params = {"now": now, "until": now + timedelta(seconds=lease), "limit": limit}
     with get_engine(db_url).begin() as conn:
-        pick = (select(d.c.id).where(d.c.status == DeliveryStatus.pending.value, d.c.next_attempt_at <= now,
-                                     d.c.subscription_id.in_(select(sub.c.id).where(sub.c.active.is_(True))))
-                .order_by(d.c.next_attempt_at, d.c.id).limit(limit))
-        claim = update(d).values(next_attempt_at=now + timedelta(seconds=lease))
-        # the payload's JSON text as stored is the body: not parsed and serialised again
-        wanted = (d.c.id, d.c.attempts, sub.c.url, sub.c.secret, ev.c.event_id, cast(ev.c.payload, Text))
-        if conn.dialect.name == "postgresql":
-            rows = conn.execute(claim.where(d.c.id.in_(pick.with_for_update(skip_locked=True).scalar_subquery()),
-                                            sub.c.id == d.c.subscription_id, ev.c.id == d.c.event_id)
-                                .returning(*wanted)).all()
+        stmts = _claim_statements(conn.dialect.name)
+        if len(stmts) == 1:
+            rows = conn.execute(stmts[0], params).all()
         else:
-            ids = conn.execute(claim.where(d.c.id.in_(pick.scalar_subquery())).returning(d.c.id)).scalars().all()
-            rows = conn.execute(select(*wanted).join(sub, sub.c.id == d.c.subscription_id)
-                                .join(ev, ev.c.id == d.c.event_id).where(d.c.id.in_(ids))).all() if ids else []
+            ids = conn.execute(stmts[0], params).scalars().all()
+            rows = conn.execute(stmts[1], {"ids": ids}).all() if ids else []
     return [_Claimed(i, a, url, sec, mid, body.encode()) for i, a, url, sec, mid, body in sorted(rows)]
 
 
@@ -211,7 +224,6 @@ def deliver_due(db_url: str, schedule: RetrySchedule, timeout: float, limit: int
 
     results = [attempt(claimed[0])] if len(claimed) == 1 else list(pool.map(attempt, claimed))
     done = utcnow()
-    d = WebhookDelivery.__table__
     delivered: dict[int, list[int]] = {}  # status code -> delivery ids
     others: list[dict[str, Any]] = []
     for c, a in results:
@@ -231,17 +243,29 @@ def deliver_due(db_url: str, schedule: RetrySchedule, timeout: float, limit: int
             values.update(next_attempt_at=done + timedelta(seconds=delay))
             counts.retrying += 1
         others.append(values)
+    ok_stmt, other_stmt = _outcome_statements()
     with get_engine(db_url).begin() as conn:  # a statement per status code, one executemany for the rest
         for code, ids in delivered.items():
-            conn.execute(update(d).where(d.c.id.in_(ids)).values(
-                status=DeliveryStatus.delivered.value, attempts=d.c.attempts + 1, last_attempt_at=done,
-                last_status_code=code, last_error=None, delivered_at=done, next_attempt_at=None))
+            conn.execute(ok_stmt, {"ids": ids, "code": code, "done": done})
         if others:
-            conn.execute(update(d).where(d.c.id == bindparam("_id")).values(
-                {k: bindparam(k) for k in ("attempts", "last_attempt_at", "last_status_code", "last_error",
-                                           "status", "next_attempt_at")}), others)
+            conn.execute(other_stmt, others)
     counts.sent = len(results)
     return counts
+
+
+@functools.lru_cache(maxsize=1)
+def _outcome_statements() -> tuple[Any, Any]:
+    """Built once: delivered (``ids``, ``code``, ``done``), and any other outcome by id (an executemany)."""
+    d = WebhookDelivery.__table__
+    when = d.c.last_attempt_at.type
+    ok = update(d).where(d.c.id.in_(bindparam("ids", expanding=True))).values(
+        status=DeliveryStatus.delivered.value, attempts=d.c.attempts + 1, last_attempt_at=bindparam("done", type_=when),
+        last_status_code=bindparam("code", type_=Integer), last_error=None, delivered_at=bindparam("done", type_=when),
+        next_attempt_at=None)
+    other = update(d).where(d.c.id == bindparam("_id")).values(
+        {k: bindparam(k) for k in ("attempts", "last_attempt_at", "last_status_code", "last_error", "status",
+                                   "next_attempt_at")})
+    return ok, other
 
 
 def dispatch_once(db_url: str, schedule: Iterable[float] | RetrySchedule, timeout: float,
