@@ -81,11 +81,21 @@ def redis_url(stack_env: dict[str, str]) -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_settings(stack_env: dict[str, str], session_tag: str) -> S3Settings:
-    """Endpoint and keys of the S3 server, and a fresh bucket for this session."""
+def s3_settings(stack_env: dict[str, str], session_tag: str) -> Iterator[S3Settings]:
+    """Endpoint and keys of the S3 server, and a fresh bucket for this session; at the end the session's buckets
+    (this one and ``<it>-*``) are removed: each is a SeaweedFS collection with volumes of its own, and leftovers
+    of many runs would exhaust the server's volume slots."""
     from minio import Minio
+    from minio.deleteobjects import DeleteObject
 
     s = S3Settings(stack_env["VLWATCH_TEST_S3_ENDPOINT"], stack_env["VLWATCH_TEST_S3_ACCESS_KEY"],
                    stack_env["VLWATCH_TEST_S3_SECRET_KEY"], f"vlwatch-{session_tag.replace('_', '-').lower()}")
-    Minio(s.endpoint, s.access_key, s.secret_key, secure=False).make_bucket(s.bucket)
-    return s
+    client = Minio(s.endpoint, s.access_key, s.secret_key, secure=False)
+    client.make_bucket(s.bucket)
+    yield s
+    for b in client.list_buckets():
+        if b.name == s.bucket or b.name.startswith(s.bucket + "-"):
+            objs = [DeleteObject(o.object_name) for o in client.list_objects(b.name, recursive=True)]
+            for err in client.remove_objects(b.name, objs):
+                raise AssertionError(f"could not remove {err.name} from test bucket {b.name}: {err.message}")
+            client.remove_bucket(b.name)
