@@ -12,6 +12,7 @@ and raise ``TransientError`` so the task retries with backoff.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional, Sequence
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import Integer, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
 from connectors.outbox import event_row
@@ -68,40 +69,55 @@ def claim(rt: Runtime, job_ids: Sequence[int], extra: int = 0) -> list[int]:
     return [w.job_id for w in _claim(rt, job_ids, extra)]
 
 
+@functools.lru_cache(maxsize=4)
+def _claim_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """Built once per process (building them cost more CPU than running them): the claim of named jobs (``ids``)
+    and of other queued ones (``of_queue``, ``extra``), both with ``now``, ``owner``, ``until``; on SQLite the select
+    of the claimed jobs' keys (``image_ids``), else None."""
+    j, im = Job.__table__, Image.__table__
+    now = bindparam("now", type_=j.c.started_at.type)
+    lease = {"status": JobStatus.running.value, "lease_owner": bindparam("owner", type_=j.c.lease_owner.type),
+             "started_at": now, "lease_expires_at": bindparam("until", type_=j.c.lease_expires_at.type),
+             "attempts": j.c.attempts + 1}
+    named = j.c.id.in_(bindparam("ids", expanding=True)) & or_(
+        j.c.status == JobStatus.queued.value, (j.c.status == JobStatus.running.value) & (j.c.lease_expires_at < now))
+    more = (select(j.c.id).where(j.c.status == JobStatus.queued.value, j.c.queue == bindparam("of_queue"))
+            .order_by(j.c.id).limit(bindparam("extra", type_=Integer)))
+    pg = dialect == "postgresql"
+    if pg:
+        more = more.with_for_update(skip_locked=True)
+    others = j.c.id.in_(more.scalar_subquery()) & (j.c.status == JobStatus.queued.value)
+    # SQLite's RETURNING names only the updated table: the keys come from a select after
+    returning = ((j.c.id, j.c.image_id, im.c.key, j.c.profile, j.c.attempts, j.c.queue) if pg
+                 else (j.c.id, j.c.image_id, j.c.profile, j.c.attempts, j.c.queue))
+
+    def take(where: Any) -> Any:
+        return update(j).where(where, *([im.c.id == j.c.image_id] if pg else [])).values(**lease).returning(*returning)
+
+    keys = None if pg else select(im.c.id, im.c.key).where(im.c.id.in_(bindparam("image_ids", expanding=True)))
+    return take(named), take(others), keys
+
+
 def _claim(rt: Runtime, job_ids: Sequence[int], extra: int = 0) -> list[Work]:
     """``claim``, returning the claimed jobs as ``Work`` (ordered by id). PostgreSQL: a statement per step, each
     an ``UPDATE jobs ... FROM images ... RETURNING`` that leases and loads at once (the extra jobs picked with
     ``FOR UPDATE SKIP LOCKED``); SQLite, whose RETURNING cannot name ``images``: a select of the keys after."""
     now = utcnow()
-    j, im = Job.__table__, Image.__table__
-    claimable = or_(j.c.status == JobStatus.queued.value,
-                    (j.c.status == JobStatus.running.value) & (j.c.lease_expires_at < now))
-    lease = {"status": JobStatus.running.value, "lease_owner": rt.worker_id, "started_at": now,
-             "lease_expires_at": now + timedelta(seconds=rt.settings.lease_seconds), "attempts": j.c.attempts + 1}
+    params = {"now": now, "owner": rt.worker_id, "until": now + timedelta(seconds=rt.settings.lease_seconds)}
     with get_engine(rt.db_url).begin() as conn:
-        pg = conn.dialect.name == "postgresql"
+        named, others, keys = _claim_statements(conn.dialect.name)
 
-        def take(where: Any) -> list[tuple[Work, str]]:
-            stmt = update(j).where(where).values(**lease)
-            if pg:
-                rows = conn.execute(stmt.where(im.c.id == j.c.image_id).returning(
-                    j.c.id, j.c.image_id, im.c.key, j.c.profile, j.c.attempts, j.c.queue)).all()
-            else:
-                got = conn.execute(stmt.returning(j.c.id, j.c.image_id, j.c.profile, j.c.attempts, j.c.queue)).all()
-                keys = dict(conn.execute(select(im.c.id, im.c.key).where(im.c.id.in_([r[1] for r in got]))).all()) \
-                    if got else {}
-                rows = [(i, image_id, keys[image_id], profile, attempts, queue)
-                        for i, image_id, profile, attempts, queue in got]
+        def take(stmt: Any, more: dict[str, Any]) -> list[tuple[Work, str]]:
+            rows = conn.execute(stmt, {**params, **more}).all()
+            if keys is not None:  # SQLite: (id, image_id, profile, attempts, queue) -> with the key after image_id
+                found = dict(conn.execute(keys, {"image_ids": [r[1] for r in rows]}).all()) if rows else {}
+                rows = [(r[0], r[1], found[r[1]], *r[2:]) for r in rows]
             return [(Work(i, image_id, key, profile, attempts), queue)
                     for i, image_id, key, profile, attempts, queue in rows]
 
-        claimed = take(j.c.id.in_(list(job_ids)) & claimable)
+        claimed = take(named, {"ids": list(job_ids)})
         if claimed and extra > 0:
-            more = (select(j.c.id).where(j.c.status == JobStatus.queued.value, j.c.queue == claimed[0][1])
-                    .order_by(j.c.id).limit(extra))
-            if pg:
-                more = more.with_for_update(skip_locked=True)
-            claimed += take(j.c.id.in_(more.scalar_subquery()) & (j.c.status == JobStatus.queued.value))
+            claimed += take(others, {"of_queue": claimed[0][1], "extra": extra})
     return sorted((w for w, _ in claimed), key=lambda w: w.job_id)
 
 
@@ -276,14 +292,8 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
     table for the rest."""
     outcomes: list[Outcome] = []
     ids = [w.job_id for w in work]
-    j, im, src = Job.__table__, Image.__table__, Source.__table__
     with get_engine(rt.db_url).begin() as conn:
-        rows = conn.execute(
-            select(j.c.id, j.c.status, j.c.lease_owner, j.c.profile, j.c.attempts, im.c.id.label("image_id"),
-                   im.c.bucket, im.c.key, im.c.etag, im.c.sha256, im.c.uploaded_at, src.c.name.label("source"))
-            .join(im, im.c.id == j.c.image_id).outerjoin(src, src.c.id == im.c.source_id)
-            .where(j.c.id.in_(ids)).with_for_update(of=j)).all()
-        jobs = {r.id: r for r in rows}  # each with its image's columns
+        jobs = {r.id: r for r in conn.execute(_commit_select(), {"ids": ids})}  # each with its image's columns
         mine = []
         for w in work:
             job = jobs[w.job_id]
@@ -296,7 +306,7 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
             return outcomes
         rerun = [w.job_id for w in mine if jobs[w.job_id].attempts > 1]
         for table in RESULT_TABLES.values() if rerun else ():  # a re-run replaces, never duplicates
-            conn.execute(delete(table.__table__).where(table.__table__.c.job_id.in_(rerun)))
+            conn.execute(_statement("delete", table.__table__), {"ids": rerun})
         results: dict[str, list[dict[str, Any]]] = defaultdict(list)
         job_rows, image_rows, events = [], [], []
         now = utcnow()
@@ -338,18 +348,38 @@ def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:
             image_rows.append(image_row)
         for kind, found in results.items():
             if found:
-                conn.execute(insert(RESULT_TABLES[kind].__table__), found)
-        for table, table_rows in ((im, image_rows), (j, job_rows)):  # by primary key: an executemany per column set
-            for group in _by_keys(table_rows):
-                conn.execute(update(table).where(table.c.id == bindparam("_id"))
-                             .values({k: bindparam(k) for k in group[0] if k != "_id"}), group)
-        conn.execute(insert(OutboxEvent.__table__), events)
+                conn.execute(_statement("insert", RESULT_TABLES[kind].__table__), found)
+        for table, table_rows in ((Image.__table__, image_rows), (Job.__table__, job_rows)):
+            for group in _by_keys(table_rows):  # by primary key: an executemany per column set
+                conn.execute(_statement("update", table, tuple(k for k in group[0] if k != "_id")), group)
+        conn.execute(_statement("insert", OutboxEvent.__table__), events)
     by_status: dict[str, list[int]] = defaultdict(list)
     for o in outcomes:
         by_status[o.status].append(o.job_id)
     for status, job_ids in by_status.items():
         log.info("jobs %s %s", job_ids, status)
     return outcomes
+
+
+@functools.lru_cache(maxsize=1)
+def _commit_select() -> Any:
+    """The jobs (``ids``) locked, each with its image's columns and its source's name; built once."""
+    j, im, src = Job.__table__, Image.__table__, Source.__table__
+    return (select(j.c.id, j.c.status, j.c.lease_owner, j.c.profile, j.c.attempts, im.c.id.label("image_id"),
+                   im.c.bucket, im.c.key, im.c.etag, im.c.sha256, im.c.uploaded_at, src.c.name.label("source"))
+            .join(im, im.c.id == j.c.image_id).outerjoin(src, src.c.id == im.c.source_id)
+            .where(j.c.id.in_(bindparam("ids", expanding=True))).with_for_update(of=j))
+
+
+@functools.lru_cache(maxsize=64)
+def _statement(kind: str, table: Any, columns: tuple[str, ...] = ()) -> Any:
+    """Built once per (kind, table, columns): ``insert``; ``delete`` by ``job_id`` in ``ids``; ``update`` of
+    ``columns`` by ``_id`` (an executemany)."""
+    if kind == "insert":
+        return insert(table)
+    if kind == "delete":
+        return delete(table).where(table.c.job_id.in_(bindparam("ids", expanding=True)))
+    return update(table).where(table.c.id == bindparam("_id")).values({k: bindparam(k) for k in columns})
 
 
 def _by_keys(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
