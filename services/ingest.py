@@ -7,15 +7,16 @@ after commit is the Celery task sent, carrying the job id. A send that fails lea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,7 +51,10 @@ class Registered:
 
 
 def _insert_ignore(session: Session):  # noqa: ANN202
-    name = session.get_bind().dialect.name
+    return _insert_for(session.get_bind().dialect.name)
+
+
+def _insert_for(name: str):  # noqa: ANN202
     if name == "postgresql":
         return postgresql.insert
     if name == "sqlite":
@@ -90,16 +94,13 @@ def register_objects(
     rows = [{"source_id": source_ids.get(sources[k]) if sources[k] else None, "bucket": bucket, "key": o.key,
              "etag": o.etag, "size": o.size, "content_type": o.content_type, "uploaded_at": o.last_modified,
              "registered_at": now} for k, o in unique.items()]
-    images, job_table = Image.__table__, Job.__table__
-    created = {(key, etag): image_id for image_id, key, etag in conn.execute(
-        _insert_ignore(session)(images).on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
-        .returning(images.c.id, images.c.key, images.c.etag), rows)}
+    insert_images, insert_jobs, registered = _statements(conn.dialect.name)
+    created = {(key, etag): image_id for image_id, key, etag in conn.execute(insert_images, rows)}
     existing: dict[tuple[str, str], int] = {}
     rest = [k for k in unique if k not in created]
     for i in range(0, len(rest), 500):
         existing.update({(key, etag): image_id for image_id, key, etag in conn.execute(
-            select(images.c.id, images.c.key, images.c.etag)
-            .where(images.c.bucket == bucket, tuple_(images.c.key, images.c.etag).in_(rest[i : i + 500])))})
+            registered, {"in_bucket": bucket, "pairs": rest[i : i + 500]})})
     jobs: dict[int, tuple[int, str]] = {}  # image id -> (job id, queue)
     if created:
         job_rows = []
@@ -107,8 +108,7 @@ def register_objects(
             profile_name = config.profile_name(sources[k])
             job_rows.append({"image_id": image_id, "profile": profile_name, "status": "queued", "attempts": 0,
                              "queue": config.profiles[profile_name].queue_name, "queued_at": now})
-        jobs = {image_id: (job_id, queue) for job_id, image_id, queue in conn.execute(
-            insert(job_table).returning(job_table.c.id, job_table.c.image_id, job_table.c.queue), job_rows)}
+        jobs = {image_id: (job_id, queue) for job_id, image_id, queue in conn.execute(insert_jobs, job_rows)}
     out: list[Registered] = []
     for obj in objects:
         k = (obj.key, obj.etag)
@@ -120,16 +120,28 @@ def register_objects(
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _statements(dialect: str) -> tuple[Any, Any, Any]:
+    """Built once per process (building them cost more CPU than running them): the insert of new images (an
+    executemany, RETURNING id, key, etag), of their jobs (RETURNING id, image_id, queue), and the select of
+    registered images (``in_bucket``, ``pairs`` of (key, etag)) as (id, key, etag)."""
+    images, jobs = Image.__table__, Job.__table__
+    return (_insert_for(dialect)(images).on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
+            .returning(images.c.id, images.c.key, images.c.etag),
+            insert(jobs).returning(jobs.c.id, jobs.c.image_id, jobs.c.queue),
+            select(images.c.id, images.c.key, images.c.etag)
+            .where(images.c.bucket == bindparam("in_bucket"),
+                   tuple_(images.c.key, images.c.etag).in_(bindparam("pairs", expanding=True))))
+
+
 def known_etags(session: Session, bucket: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which (key, etag) pairs are already registered in ``bucket``."""
     pairs = list(keys)
     found: set[tuple[str, str]] = set()
+    conn = session.connection()
+    registered = _statements(conn.dialect.name)[2]
     for i in range(0, len(pairs), 500):
-        chunk = pairs[i : i + 500]
-        rows = session.execute(
-            select(Image.key, Image.etag).where(Image.bucket == bucket, tuple_(Image.key, Image.etag).in_(chunk))
-        )
-        found.update((k, e) for k, e in rows)
+        found.update((k, e) for _, k, e in conn.execute(registered, {"in_bucket": bucket, "pairs": pairs[i : i + 500]}))
     return found
 
 
@@ -162,8 +174,15 @@ def send_in_chunks(db_url: str, jobs: Sequence[tuple[int, str]], send_job: SendJ
                 log.warning("could not send jobs %s (%s); the reconciler will re-send them", chunk, exc)
     if sent:
         with get_engine(db_url).begin() as conn:
-            conn.execute(update(Job.__table__).where(Job.__table__.c.id.in_(sent)).values(sent_at=utcnow()))
+            conn.execute(_stamp_sent(), {"ids": sent, "at": utcnow()})
     return len(sent)
+
+
+@functools.lru_cache(maxsize=1)
+def _stamp_sent() -> Any:
+    jobs = Job.__table__
+    return update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(
+        sent_at=bindparam("at", type_=jobs.c.sent_at.type))
 
 
 def register_and_send(
