@@ -43,6 +43,7 @@ class Runtime:
     _analyzers: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: Optional[tuple[int, ThreadPoolExecutor]] = None  # (pid that made it, pool): threads do not survive fork
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock)  # not _lock: held while a model loads
     _warmed_in: Optional[int] = None  # pid of the process warm_up ran in
 
     @classmethod
@@ -70,7 +71,7 @@ class Runtime:
 
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads for fetching a batch's objects, made once per process (not once per batch)."""
-        with self._lock:
+        with self._pool_lock:
             if self._pool is None or self._pool[0] != os.getpid():
                 self._pool = (os.getpid(), ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="vlwatch-fetch"))
             return self._pool[1]
