@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchModuleError
 
 
@@ -17,6 +18,12 @@ def _metadata(kind: str):  # noqa: ANN202
 def connect_args(timeout: float = 10.0) -> dict[str, object]:
     """Driver options that bound the time to connect (psycopg and PyMySQL both take ``connect_timeout``)."""
     return {"connect_timeout": max(1, int(round(timeout)))}
+
+
+def target_engine(url: str) -> Engine:
+    """The engine a connector writes with: a bounded connect, so a target that does not answer is a retry,
+    not a hung dispatcher; stale pooled connections are replaced."""
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args())
 
 
 def check_target(kind: str, url: str, timeout: float = 5.0) -> Optional[str]:

@@ -19,13 +19,13 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 from sqlalchemy import (
-    Boolean, Column, DateTime, Integer, MetaData, String, Table, create_engine,
+    Boolean, Column, DateTime, Integer, MetaData, String, Table,
 )
 from sqlalchemy.engine import Engine
 
 from connectors.base import event_time, upsert
 from connectors.geometry import overlaps
-from connectors.health import connect_args
+from connectors.health import target_engine
 
 metadata = MetaData()
 
@@ -88,8 +88,7 @@ class InventoryConnector:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            # A bounded connect: a target that does not answer is a retry, not a hung dispatcher.
-            self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect_args())
+            self._engine = target_engine(self.url)
         return self._engine
 
     def migrate(self) -> None:

@@ -26,13 +26,13 @@ from datetime import datetime, time, timedelta, timezone
 from typing import Any, Optional, Protocol, Sequence
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, create_engine
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine
 
 from connectors.base import event_time, upsert
 from connectors.geometry import centre, point_in_polygon
-from connectors.health import connect_args
+from connectors.health import target_engine
 
 metadata = MetaData()
 
@@ -117,7 +117,7 @@ class SecurityConnector:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=connect_args())
+            self._engine = target_engine(self.url)
         return self._engine
 
     def migrate(self) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 EVENTS = Path(__file__).resolve().parent / "events"
 RECORDED_BUCKET = "vlwatch-recorded"
@@ -29,13 +28,3 @@ def doc(name: str, bucket: Optional[str] = None) -> Any:
     return json.loads(raw(name, bucket))
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
-    """Poll until ``predicate`` returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)

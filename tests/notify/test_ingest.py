@@ -14,7 +14,8 @@ import redis
 from services.ingest import scan
 from services.notify import ingest_events, parse_s3_event
 from services.notify_server import NotifyServer, consume_minio_redis, serve
-from tests.notify.events import ONE, ONE_V2, QUEUE, THREE, TWO, raw, wait_for
+from tests.notify.events import ONE, ONE_V2, QUEUE, THREE, TWO, raw
+from tests.waiting import wait_for
 
 K1 = "shelf/a b+c é.png"
 

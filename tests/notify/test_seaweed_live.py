@@ -20,7 +20,8 @@ from services.ingest import scan
 from services.notify_server import NotifyServer
 from services.storage import S3Store
 from tests import stack
-from tests.notify.events import QUEUE, wait_for
+from tests.notify.events import QUEUE
+from tests.waiting import wait_for
 
 TOKEN = "filer-token"
 

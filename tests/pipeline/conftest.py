@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import yaml
+
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VLWATCH = [sys.executable, "-m", "services"]
@@ -29,18 +30,6 @@ CONFIG = {
         "yard": {"prefix": "yard/", "profile": "gpu"},
     },
 }
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.1) -> object:
-    """Poll until ``predicate`` returns something truthy; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)
 
 
 @pytest.fixture(scope="session")
