@@ -16,16 +16,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 from sqlalchemy import (
     Boolean, Column, DateTime, Integer, MetaData, String, Table,
 )
-from sqlalchemy.engine import Engine
 
 from connectors.base import event_time, upsert
 from connectors.geometry import overlaps
-from connectors.health import target_engine
+from connectors.health import TargetDatabase
 
 metadata = MetaData()
 
@@ -73,9 +72,10 @@ class Observation:
 
 
 @dataclass
-class InventoryConnector:
+class InventoryConnector(TargetDatabase):
     """Maps sources to locations and extracts observations with ``sku_patterns`` (regexes; group 1 if any)."""
 
+    tables: ClassVar[MetaData] = metadata
     name: str
     url: str
     locations: dict[str, Location] = field(default_factory=dict)
@@ -83,17 +83,6 @@ class InventoryConnector:
 
     def __post_init__(self) -> None:
         self._patterns = [re.compile(p) for p in self.sku_patterns]
-        self._engine: Optional[Engine] = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = target_engine(self.url)
-        return self._engine
-
-    def migrate(self) -> None:
-        """Create the target tables (idempotent)."""
-        metadata.create_all(self.engine)
 
     def _codes(self, text: str) -> list[str]:
         out: list[str] = []

@@ -21,18 +21,17 @@ on when, not what, was delivered.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, ClassVar, Optional, Protocol, Sequence
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Engine
 
 from connectors.base import event_time, upsert
 from connectors.geometry import centre, point_in_polygon
-from connectors.health import target_engine
+from connectors.health import TargetDatabase
 
 metadata = MetaData()
 
@@ -90,7 +89,8 @@ _US = timedelta(microseconds=1)
 
 
 @dataclass
-class SecurityConnector:
+class SecurityConnector(TargetDatabase):
+    tables: ClassVar[MetaData] = metadata
     name: str
     url: str
     zones: Sequence[Zone]
@@ -98,7 +98,6 @@ class SecurityConnector:
     timezone: str = "UTC"
     store: Optional[Presigner] = None
     link_lifetime: timedelta = timedelta(hours=1)
-    _engine: Optional[Engine] = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.link_lifetime > timedelta(days=7):
@@ -114,14 +113,6 @@ class SecurityConnector:
             if len(z.points) < 3:
                 raise ValueError(f"zones.{z.name}.points: a zone needs at least three points")
 
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = target_engine(self.url)
-        return self._engine
-
-    def migrate(self) -> None:
-        metadata.create_all(self.engine)
 
     def matches(self, data: dict[str, Any], captured: datetime) -> list[dict[str, Any]]:
         """Candidate events of one payload (pure; before the cool-down picks one per slot)."""
