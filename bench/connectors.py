@@ -31,7 +31,7 @@ def _event(i: int) -> tuple[str, dict]:
     return f"e{i}", {"type": "job.succeeded", "timestamp": (T0 + timedelta(seconds=i)).isoformat(),
                      "data": {"image": {"id": i, "bucket": "b", "key": f"k/{i}.jpg", "source": f"cam{i % 20}"},
                               "results": {"barcodes": [{**box, "value": f"{i % 500:06d}"}],
-                                          "text": [{**box, "text": f"SKU-{i % 300:04d}"}],
+                                          "text_lines": [{**box, "text": f"SKU-{i % 300:04d}"}],
                                           "objects": [{**box, "label": "box"}, {**box, "label": "pallet"}]}}}
 
 

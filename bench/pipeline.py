@@ -100,7 +100,7 @@ def wait_idle(pid: int, tmp: Path, window: float = 0.3, busy: float = 0.25, limi
 def bare_engine(images: list[bytes]) -> tuple[float, int, float]:
     """images/s, barcodes found, CPU ms per image."""
     from model.engines.barcode import BarcodeAnalyzer
-    from workers.decode import decode_image
+    from model.decode import decode_image
 
     engine = BarcodeAnalyzer()
     engine.analyze([decode_image(images[0], max_bytes=1 << 26, max_pixels=1 << 26).image])  # warm

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 
 from connectors.base import event_time, upsert
+from services.events import results_of
 from connectors.geometry import overlaps
 from connectors.health import TargetDatabase
 
@@ -93,9 +94,9 @@ class InventoryConnector(TargetDatabase):
 
     def observations(self, data: dict[str, Any]) -> list[Observation]:
         """Observations of one ``job.succeeded`` payload (pure; no I/O)."""
-        results = data.get("results") or {}
-        barcodes = [(str(r["value"]), _box(r)) for r in results.get("barcodes", []) if r.get("value")]
-        ocr = [(c, _box(r)) for r in results.get("text", []) for c in self._codes(r.get("text") or "")]
+        results = results_of(data)
+        barcodes = [(str(r["value"]), _box(r)) for r in results["barcodes"] if r.get("value")]
+        ocr = [(c, _box(r)) for r in results["text_lines"] for c in self._codes(r.get("text") or "")]
         review: set[tuple[str, str]] = set()
         for bv, bb in barcodes:
             for ov, ob in ocr:
@@ -106,7 +107,7 @@ class InventoryConnector(TargetDatabase):
         for kind, items in (("barcode", barcodes), ("sku", ocr)):
             for code, n in Counter(c for c, _ in items).items():
                 obs.append(Observation(kind, code, n, (kind, code) in review))
-        labels = Counter(str(r["label"]) for r in results.get("objects", []) if r.get("label"))
+        labels = Counter(str(r["label"]) for r in results["objects"] if r.get("label"))
         obs.extend(Observation("count", lab, n) for lab, n in labels.items())
         return obs
 

@@ -13,7 +13,6 @@ import functools
 import logging
 import ssl
 import threading
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,18 +23,12 @@ from sqlalchemy.orm import Session
 
 from connectors.webhooks import RetrySchedule, Sender, new_secret, send
 from services.db import get_engine, session_scope
+from services.events import event_row
 from services.schema import DeliveryStatus, OutboxEvent, WebhookDelivery, WebhookSubscription, utcnow
 
 log = logging.getLogger(__name__)
 
 CLAIM_SECONDS = 120.0
-
-
-def event_row(type_: str, job_id: Optional[int], data: dict[str, Any]) -> dict[str, Any]:
-    """Column values of a new outbox event; ``payload`` is the envelope subscribers receive."""
-    now = utcnow()
-    return {"event_id": f"msg_{uuid.uuid4().hex}", "type": type_, "job_id": job_id, "created_at": now,
-            "payload": {"type": type_, "timestamp": now.isoformat().replace("+00:00", "Z"), "data": data}}
 
 
 def make_event(type_: str, data: dict[str, Any], job_id: Optional[int] = None) -> OutboxEvent:

@@ -30,6 +30,7 @@ from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 
 from connectors.base import event_time, upsert
+from services.events import results_of
 from connectors.geometry import centre, point_in_polygon
 from connectors.health import TargetDatabase
 
@@ -122,7 +123,7 @@ class SecurityConnector(TargetDatabase):
         local = captured.astimezone(ZoneInfo(self.timezone)).time()
         zones = {z.name: z for z in self.zones if z.source == image.get("source")}
         out = []
-        rows = [r for kind in ("objects", "text", "barcodes") for r in (data.get("results") or {}).get(kind, [])]
+        rows = [r for found in results_of(data).values() for r in found]
         for rule in self.rules:
             if rule.windows and not any(_in_window(local, a, b) for a, b in rule.windows):
                 continue

@@ -13,8 +13,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-# The kinds of observation an analyzer can emit. Each kind has its own results table in SQL.
-KINDS = ("objects", "text", "barcodes")
+# The kinds of observation an analyzer can emit: one name each, from this type to its SQL table (same name) to the
+# webhook payload's ``results`` key and the docs.
+KINDS = ("objects", "text_lines", "barcodes")
 
 # VL2 writes box corners as integers on a 0..999 grid of the original image; 999 is the right/bottom edge.
 GRID_MAX = 999
@@ -94,7 +95,7 @@ class Detections:
     ) -> "Detections":
         """OCR text lines: label ``text``, ``text`` column holds the line."""
         return cls(
-            "text", image_size, _clip(xyxy, image_size), ("text",) * len(texts), np.asarray(scores, float),
+            "text_lines", image_size, _clip(xyxy, image_size), ("text",) * len(texts), np.asarray(scores, float),
             {"text": tuple(texts)},
         )
 
@@ -141,14 +142,22 @@ class Detections:
         return (self.xyxy[:, 2] - self.xyxy[:, 0]) * (self.xyxy[:, 3] - self.xyxy[:, 1])
 
     def to_rows(self) -> list[dict[str, Any]]:
-        """The one conversion to rows: ``label, x1, y1, x2, y2, score`` plus every data column."""
+        """The one conversion to rows, named as the columns of the kind's table: the box ``x1, y1, x2, y2`` and
+        ``score``, then ``label, phrase, attributes`` (objects; data columns other than ``phrase`` go to
+        ``attributes``), ``text`` (text_lines) or ``format, value`` (barcodes)."""
         rows = []
         for i in range(len(self)):
             x1, y1, x2, y2 = (float(v) for v in self.xyxy[i])
-            row: dict[str, Any] = {"label": self.labels[i], "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+            row: dict[str, Any] = {"x1": x1, "y1": y1, "x2": x2, "y2": y2,
                                    "score": None if self.scores is None else float(self.scores[i])}
-            for key, values in self.data.items():
-                row[key] = values[i]
+            data = {key: values[i] for key, values in self.data.items()}
+            if self.kind == "objects":
+                phrase = data.pop("phrase", None)
+                row.update(label=self.labels[i], phrase=phrase, attributes=data or None)
+            elif self.kind == "text_lines":
+                row.update(text=data["text"])
+            else:
+                row.update(format=self.labels[i], value=data["value"])
             rows.append(row)
         return rows
 

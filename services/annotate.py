@@ -8,7 +8,7 @@ from services.db import session_scope
 from services.queries import find_image, image_results
 from services.render import render_annotated
 from services.settings import Settings
-from workers.decode import decode_image
+from model.decode import decode_image
 
 
 def annotate_image(db_url: str, store, ref: str, output: Path, settings: Settings) -> Path:  # noqa: ANN001

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator, Sequence
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -55,3 +55,20 @@ def session_scope(url: str) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
     with sessionmaker_for(url)() as session, session.begin():
         yield session
+
+
+def insert_ignore(bind: Connection | Session, table: Table | type, rows: Sequence[dict[str, Any]],
+                  keys: Sequence[str], returning: Sequence[Any] = ()) -> Any:
+    """Insert ``rows`` into ``table``, skipping those whose ``keys`` (a unique constraint) already exist: the
+    idempotent write of registration and fan-out, in the dialect's own words (PostgreSQL and SQLite both say
+    ``ON CONFLICT DO NOTHING``). With ``returning`` columns, the result holds them for the rows inserted."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = bind.get_bind().dialect.name if isinstance(bind, Session) else bind.dialect.name
+    insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+    if insert is None:
+        raise ValueError(f"vlwatch's own database must be PostgreSQL or SQLite, not {dialect}")
+    stmt = insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    if returning:
+        stmt = stmt.returning(*returning)
+    return bind.execute(stmt, list(rows))

@@ -116,6 +116,6 @@ def _print_table(rows: list) -> None:  # noqa: ANN001
             click.echo(f"    reason: {job.error}")
         for r in res["barcodes"]:
             click.echo(f"    barcode  {r['format']:<10} {r['value']}")
-        for r in res["text"]:
+        for r in res["text_lines"]:
             click.echo(f"    text     {r['score']:.2f}       {r['text']}")
         click.echo("-" * 100)

@@ -7,7 +7,6 @@ after commit is the Celery task sent, carrying the job id. A send that fails lea
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Protocol, Sequence
 
-from sqlalchemy import bindparam, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from services.config import AppConfig
-from services.db import get_engine, session_scope
+from services.db import insert_ignore, session_scope
 from services.schema import Image, Job, Source, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,24 +48,12 @@ class Registered:
         return self.job_id is not None
 
 
-def _insert_ignore(session: Session):  # noqa: ANN202
-    return _insert_for(session.get_bind().dialect.name)
-
-
-def _insert_for(name: str):  # noqa: ANN202
-    if name == "postgresql":
-        return postgresql.insert
-    if name == "sqlite":
-        return sqlite.insert
-    raise RuntimeError(f"unsupported database dialect for vlwatch's own schema: {name}")
-
-
 def ensure_sources(session: Session, config: AppConfig) -> dict[str, int]:
     """Create or update a row per configured source; returns name -> id."""
-    ins = _insert_ignore(session)
+    now = utcnow()
     for name, src in config.sources.items():
-        session.execute(ins(Source).values(name=name, profile=src.profile, prefix=src.prefix, created_at=utcnow())
-                        .on_conflict_do_nothing(index_elements=["name"]))
+        insert_ignore(session, Source, [{"name": name, "profile": src.profile, "prefix": src.prefix,
+                                         "created_at": now}], keys=["name"])
         session.execute(update(Source).where(Source.name == name).values(profile=src.profile, prefix=src.prefix))
     return dict(session.execute(select(Source.name, Source.id)).all())
 
@@ -94,13 +80,10 @@ def register_objects(
     rows = [{"source_id": source_ids.get(sources[k]) if sources[k] else None, "bucket": bucket, "key": o.key,
              "etag": o.etag, "size": o.size, "content_type": o.content_type, "uploaded_at": o.last_modified,
              "registered_at": now} for k, o in unique.items()]
-    insert_images, insert_jobs, registered = _statements(conn.dialect.name)
-    created = {(key, etag): image_id for image_id, key, etag in conn.execute(insert_images, rows)}
-    existing: dict[tuple[str, str], int] = {}
-    rest = [k for k in unique if k not in created]
-    for i in range(0, len(rest), 500):
-        existing.update({(key, etag): image_id for image_id, key, etag in conn.execute(
-            registered, {"in_bucket": bucket, "pairs": rest[i : i + 500]})})
+    images, jobs_table = Image.__table__, Job.__table__
+    created = {(key, etag): image_id for image_id, key, etag in insert_ignore(
+        conn, images, rows, keys=["bucket", "key", "etag"], returning=(images.c.id, images.c.key, images.c.etag))}
+    existing = _registered(conn, bucket, [k for k in unique if k not in created])
     jobs: dict[int, tuple[int, str]] = {}  # image id -> (job id, queue)
     if created:
         job_rows = []
@@ -108,7 +91,9 @@ def register_objects(
             profile_name = config.profile_name(sources[k])
             job_rows.append({"image_id": image_id, "profile": profile_name, "status": "queued", "attempts": 0,
                              "queue": config.profiles[profile_name].queue_name, "queued_at": now})
-        jobs = {image_id: (job_id, queue) for job_id, image_id, queue in conn.execute(insert_jobs, job_rows)}
+        inserted = conn.execute(insert(jobs_table).returning(jobs_table.c.id, jobs_table.c.image_id,
+                                                             jobs_table.c.queue), job_rows)
+        jobs = {image_id: (job_id, queue) for job_id, image_id, queue in inserted}
     out: list[Registered] = []
     for obj in objects:
         k = (obj.key, obj.etag)
@@ -120,28 +105,19 @@ def register_objects(
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _statements(dialect: str) -> tuple[Any, Any, Any]:
-    """Built once per process (building them cost more CPU than running them): the insert of new images (an
-    executemany, RETURNING id, key, etag), of their jobs (RETURNING id, image_id, queue), and the select of
-    registered images (``in_bucket``, ``pairs`` of (key, etag)) as (id, key, etag)."""
-    images, jobs = Image.__table__, Job.__table__
-    return (_insert_for(dialect)(images).on_conflict_do_nothing(index_elements=["bucket", "key", "etag"])
-            .returning(images.c.id, images.c.key, images.c.etag),
-            insert(jobs).returning(jobs.c.id, jobs.c.image_id, jobs.c.queue),
-            select(images.c.id, images.c.key, images.c.etag)
-            .where(images.c.bucket == bindparam("in_bucket"),
-                   tuple_(images.c.key, images.c.etag).in_(bindparam("pairs", expanding=True))))
-
-
 def known_etags(session: Session, bucket: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     """Which (key, etag) pairs are already registered in ``bucket``."""
-    pairs = list(keys)
-    found: set[tuple[str, str]] = set()
-    conn = session.connection()
-    registered = _statements(conn.dialect.name)[2]
+    return set(_registered(session.connection(), bucket, list(keys)))
+
+
+def _registered(conn: Any, bucket: str, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """(key, etag) -> image id of those of ``pairs`` registered in ``bucket`` (500 pairs a statement)."""
+    images = Image.__table__
+    found: dict[tuple[str, str], int] = {}
     for i in range(0, len(pairs), 500):
-        found.update((k, e) for _, k, e in conn.execute(registered, {"in_bucket": bucket, "pairs": pairs[i : i + 500]}))
+        found.update({(key, etag): image_id for image_id, key, etag in conn.execute(
+            select(images.c.id, images.c.key, images.c.etag).where(
+                images.c.bucket == bucket, tuple_(images.c.key, images.c.etag).in_(pairs[i : i + 500])))})
     return found
 
 
@@ -173,16 +149,9 @@ def send_in_chunks(db_url: str, jobs: Sequence[tuple[int, str]], send_job: SendJ
             except Exception as exc:  # noqa: BLE001 - broker down: the reconciler re-sends
                 log.warning("could not send jobs %s (%s); the reconciler will re-send them", chunk, exc)
     if sent:
-        with get_engine(db_url).begin() as conn:
-            conn.execute(_stamp_sent(), {"ids": sent, "at": utcnow()})
+        with session_scope(db_url) as s:
+            s.execute(update(Job).where(Job.id.in_(sent)).values(sent_at=utcnow()))
     return len(sent)
-
-
-@functools.lru_cache(maxsize=1)
-def _stamp_sent() -> Any:
-    jobs = Job.__table__
-    return update(jobs).where(jobs.c.id.in_(bindparam("ids", expanding=True))).values(
-        sent_at=bindparam("at", type_=jobs.c.sent_at.type))
 
 
 def register_and_send(

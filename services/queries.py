@@ -49,7 +49,7 @@ class ImageResults:
 
 _COLUMNS = {
     "objects": ("analyzer", "label", "phrase", "x1", "y1", "x2", "y2", "score", "attributes"),
-    "text": ("analyzer", "text", "x1", "y1", "x2", "y2", "score"),
+    "text_lines": ("analyzer", "text", "x1", "y1", "x2", "y2", "score"),
     "barcodes": ("analyzer", "format", "value", "x1", "y1", "x2", "y2"),
 }
 

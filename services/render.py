@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = {  # outline colour per kind; captions are white on the same colour
     "objects": (230, 57, 70),
-    "text": (29, 120, 230),
+    "text_lines": (29, 120, 230),
     "barcodes": (20, 160, 90),
 }
 _MAX_CAPTION = 48
@@ -22,7 +22,7 @@ def caption(kind: str, row: Mapping[str, Any]) -> str:
     """The short text drawn above a box."""
     if kind == "barcodes":
         text = f"{row.get('format') or row.get('label') or 'barcode'}: {row.get('value', '')}"
-    elif kind == "text":
+    elif kind == "text_lines":
         text = str(row.get("text") or row.get("label") or "")
     else:
         text = str(row.get("label") or row.get("phrase") or "object")

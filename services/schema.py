@@ -128,7 +128,8 @@ class Job(Base):
 
 
 class _ResultMixin:
-    """Columns shared by the three result tables: the job, the image, the analyzer and the pixel box."""
+    """Columns shared by the three result tables (one per ``Detections`` kind, named as the kind): the job, the
+    image, the analyzer and the pixel box."""
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
@@ -142,20 +143,20 @@ class _ResultMixin:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Detection(_ResultMixin, Base):
-    __tablename__ = "detections"
+class ObjectRow(_ResultMixin, Base):
+    __tablename__ = "objects"
     __table_args__ = (Index(None, "label"),)
     label: Mapped[str] = mapped_column(String(255))
     phrase: Mapped[Optional[str]] = mapped_column(String(1024))  # the grounding prompt phrase
     attributes: Mapped[Optional[dict[str, Any]]] = mapped_column()
 
 
-class TextLine(_ResultMixin, Base):
+class TextLineRow(_ResultMixin, Base):
     __tablename__ = "text_lines"
     text: Mapped[str] = mapped_column(Text)
 
 
-class Barcode(_ResultMixin, Base):
+class BarcodeRow(_ResultMixin, Base):
     __tablename__ = "barcodes"
     __table_args__ = (Index(None, "value"),)
     format: Mapped[str] = mapped_column(String(32))
@@ -239,4 +240,5 @@ class ConnectorDelivery(Base):
     connector: Mapped[ConnectorTarget] = relationship()
 
 
-RESULT_TABLES = {"objects": Detection, "text": TextLine, "barcodes": Barcode}
+RESULT_TABLES = {"objects": ObjectRow, "text_lines": TextLineRow, "barcodes": BarcodeRow}
+"""``Detections.kind`` -> its table (the table has the kind's name)."""

@@ -1,4 +1,4 @@
-"""Image bytes built at test time: each awkward case ``workers.decode`` must handle, and shelf labels like the
+"""Image bytes built at test time: each awkward case ``model.decode`` must handle, and shelf labels like the
 committed samples (``scripts/make_samples.py`` draws its labels with ``draw_label`` from here).
 
 Only Pillow, numpy, segno (QR) and python-barcode (Code128): the ``test`` extra."""

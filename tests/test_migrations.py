@@ -32,7 +32,12 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:  # noqa: ANN001
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
-    assert _diff(url) == [] and head() == "0002"
+    assert _diff(url) == [] and head() == "0003"
+    command.downgrade(alembic_config(url), "0002")
+    engine = create_engine(url)
+    indexes = {i["name"] for i in inspect(engine).get_indexes("detections")}
+    engine.dispose()
+    assert indexes == {"ix_detections_image_id", "ix_detections_job_id", "ix_detections_label"}
     command.downgrade(alembic_config(url), "0001")
     engine = create_engine(url)
     tables = set(inspect(engine).get_table_names())

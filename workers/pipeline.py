@@ -24,17 +24,14 @@ from typing import Any, Optional, Sequence
 from sqlalchemy import Integer, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import OperationalError
 
-from connectors.outbox import event_row
 from services.db import get_engine, session_scope
+from services.events import PAYLOAD_VERSION, event_row
 from services.schema import RESULT_TABLES, Image, Job, JobStatus, OutboxEvent, Source, utcnow
 from services.storage import ObjectNotFound, StorageUnavailable
-from workers.decode import BadImage, decode_image
+from model.decode import BadImage, decode_image
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-PAYLOAD_VERSION = 1
-
 
 class TransientError(RuntimeError):
     """Storage or database unreachable: retry later; the jobs are left queued."""
@@ -269,19 +266,8 @@ def _captured_at(image: Any) -> Optional[datetime]:
 
 def _rows(result: Any, job_id: int, image_id: int) -> tuple[str, list[dict[str, Any]]]:
     det = result.detections
-    rows = []
-    for r in det.to_rows():
-        base = {"job_id": job_id, "image_id": image_id, "analyzer": result.lineage.analyzer,
-                "x1": r.pop("x1"), "y1": r.pop("y1"), "x2": r.pop("x2"), "y2": r.pop("y2"), "score": r.pop("score")}
-        label = r.pop("label")
-        if det.kind == "objects":
-            base.update(label=label, phrase=r.pop("phrase", None), attributes=r or None)
-        elif det.kind == "text":
-            base.update(text=r.pop("text"))
-        else:
-            base.update(format=label, value=r.pop("value"))
-        rows.append(base)
-    return det.kind, rows
+    ids = {"job_id": job_id, "image_id": image_id, "analyzer": result.lineage.analyzer}
+    return det.kind, [ids | r for r in det.to_rows()]
 
 
 def commit(rt: Runtime, work: list[Work]) -> list[Outcome]:

@@ -112,7 +112,7 @@ class OcrAnalyzer:
         with _CALL_LOCK:
             out = engine(bgr, text_score=self.text_score)
         if out.boxes is None or out.txts is None or not len(out.txts):
-            return Detections.empty("text", image.size)
+            return Detections.empty("text_lines", image.size)
         quads = np.asarray(out.boxes, dtype=np.float64).reshape(-1, 4, 2)  # [n, 4 corners, (x, y)]
         xyxy = np.concatenate([quads.min(axis=1), quads.max(axis=1)], axis=1)  # [n, 4] x1 y1 x2 y2
         scores = np.clip(np.asarray(out.scores, dtype=np.float64), 0.0, 1.0)

@@ -50,7 +50,7 @@ def _data(image_id: int, code: str, minute: int = 0) -> dict:
     return {"image": {"id": image_id, "bucket": "b", "key": f"cam1/{image_id}.png", "source": "cam1",
                       "width": 100, "height": 100, "captured_at": None,
                       "uploaded_at": f"2026-11-25T08:{minute:02d}:00Z"},
-            "results": {"barcodes": [{**box, "format": "Code128", "value": code}], "text": [], "objects": []},
+            "results": {"barcodes": [{**box, "format": "Code128", "value": code}], "text_lines": [], "objects": []},
             "job": {"id": image_id}}
 
 
@@ -247,7 +247,7 @@ def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str,
         return {"image": {"id": image_id, "bucket": s3_settings.bucket, "key": f"security-test/frame-{image_id}.jpg",
                           "source": "dock-cam", "width": 200, "height": 100,
                           "captured_at": f"2026-11-25T21:00:{second:02d}Z", "uploaded_at": None},
-                "results": {"objects": [det], "text": [], "barcodes": []}, "job": {"id": image_id}}
+                "results": {"objects": [det], "text_lines": [], "barcodes": []}, "job": {"id": image_id}}
 
     with session_scope(db_url) as s:
         sync_connectors(s, {"guard": "security"})

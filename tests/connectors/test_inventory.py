@@ -22,7 +22,7 @@ def _payload(image_id: int, minutes: int, barcodes=(), texts=(), labels=()) -> d
             "data": {"image": {"id": image_id, "bucket": "b", "key": f"k/{image_id}.jpg", "etag": "e",
                                "source": "cam1", "width": 100, "height": 100, "sha256": "0"},
                      "results": {"barcodes": [row(i, value=v, format="EAN13") for i, v in barcodes],
-                                 "text": [row(i, text=t) for i, t in texts],
+                                 "text_lines": [row(i, text=t) for i, t in texts],
                                  "objects": [row(i, label=lab) for i, lab in labels]},
                      "job": {"id": image_id}}}
 

@@ -26,7 +26,7 @@ def _payload(image_id: int, minutes: float, dets: list[tuple[str, float, tuple]]
             "data": {"image": {"id": image_id, "bucket": "b", "key": f"cam/{image_id}.jpg", "source": "gate",
                                "width": 200, "height": 100},
                      "results": {"objects": [{"label": lab, "score": sc, "x1": b[0], "y1": b[1], "x2": b[2],
-                                              "y2": b[3]} for lab, sc, b in dets], "text": [], "barcodes": []}}}
+                                              "y2": b[3]} for lab, sc, b in dets], "text_lines": [], "barcodes": []}}}
 
 
 def _connector(url: str, links: S3Store, rules: list[Rule] | None = None) -> SecurityConnector:

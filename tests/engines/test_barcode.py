@@ -21,7 +21,7 @@ def _inside(inner: tuple[float, ...], outer: tuple[float, ...], tol: float = 1.0
 def test_label_reads_code128_and_qr_with_boxes_on_the_symbols() -> None:
     image, boxes = draw_label("WH-10427")
     (res,) = BarcodeAnalyzer().analyze([image])
-    rows = {r["label"]: r for r in res.detections.to_rows()}
+    rows = {r["format"]: r for r in res.detections.to_rows()}
     assert set(rows) == {"Code128", "QRCode"}
     assert rows["Code128"]["value"] == "WH-10427"
     assert rows["QRCode"]["value"] == "https://wh.example/sku/WH-10427"

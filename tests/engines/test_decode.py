@@ -1,4 +1,4 @@
-"""workers.decode.decode_image: one test per awkward input, asserting the exact outcome."""
+"""model.decode.decode_image: one test per awkward input, asserting the exact outcome."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tests import images
-from workers.decode import BadImage, DecodedImage, decode_image
+from model.decode import BadImage, DecodedImage, decode_image
 
 LIMITS = {"max_bytes": 20 * 1024 * 1024, "max_pixels": 80_000_000}
 

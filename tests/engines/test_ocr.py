@@ -42,7 +42,7 @@ def test_one_result_per_image_and_lineage(analyzer: OcrAnalyzer) -> None:
     label, _ = draw_label("WH-55501", code128=False, qr=False)
     results = analyzer.analyze([blank, label])
     assert len(results) == 2
-    assert len(results[0].detections) == 0 and results[0].detections.kind == "text"
+    assert len(results[0].detections) == 0 and results[0].detections.kind == "text_lines"
     assert any("WH-55501" in t for t in results[1].detections.data["text"])
     lin = results[1].lineage
     assert (lin.analyzer, lin.engine) == ("ocr", "rapidocr") and lin.version.startswith("3.")

@@ -20,7 +20,7 @@ def test_outlines_change_pixels_in_each_kinds_colour() -> None:
     results = [
         ("objects", [{"label": "pallet", "phrase": "pallet", "x1": 50.0, "y1": 80.0, "x2": 150.0, "y2": 200.0,
                       "score": 0.9, "attributes": None}]),
-        ("text", [{"text": "SKU: WH-10427", "x1": 200.0, "y1": 60.0, "x2": 380.0, "y2": 90.0, "score": 0.99}]),
+        ("text_lines", [{"text": "SKU: WH-10427", "x1": 200.0, "y1": 60.0, "x2": 380.0, "y2": 90.0, "score": 0.99}]),
         ("barcodes", [{"format": "Code128", "value": "WH-10427", "x1": 200.0, "y1": 150.0, "x2": 380.0,
                        "y2": 280.0}]),
     ]
@@ -54,7 +54,7 @@ def test_boxes_at_and_past_the_edges_are_clipped() -> None:
 
 def test_nothing_to_draw_is_an_identical_copy() -> None:
     base = _grey()
-    out = render_annotated(base, [("objects", []), ("text", []), ("barcodes", [])])
+    out = render_annotated(base, [("objects", []), ("text_lines", []), ("barcodes", [])])
     assert out is not base and np.array_equal(np.asarray(out), np.asarray(base))
 
 
@@ -66,7 +66,7 @@ def test_unknown_kind_is_refused() -> None:
 def test_captions() -> None:
     assert caption("barcodes", {"format": "QRCode", "value": "abc"}) == "QRCode: abc"
     assert caption("objects", {"label": "forklift", "score": 0.5}) == "forklift 0.50"
-    assert caption("text", {"text": "x" * 100}).endswith("\u2026")
+    assert caption("text_lines", {"text": "x" * 100}).endswith("\u2026")
 
 
 def test_render_does_not_import_torch() -> None:

@@ -72,7 +72,7 @@ def test_grounding_analyzer_end_to_end(release_dir: Path) -> None:
     ocr = build_vl2_analyzer("vl2-ocr", {"checkpoint": str(release_dir), "device": "cpu", "dtype": "float32",
                                          "max_new_tokens": 4})
     assert ocr.model is an.model
-    assert ocr.analyze(images[:1])[0].detections.kind == "text"
+    assert ocr.analyze(images[:1])[0].detections.kind == "text_lines"
 
 
 def test_grounding_answer_to_pixel_boxes(release_dir: Path) -> None:
@@ -88,4 +88,4 @@ def test_grounding_answer_to_pixel_boxes(release_dir: Path) -> None:
     assert det.scores is not None and det.scores.tolist() == [0.5, 0.5]
     ocr = build_vl2_analyzer("vl2-ocr", {"checkpoint": str(release_dir), "device": "cpu", "dtype": "float32"})
     lines = ocr._ocr((200, 100), tok.encode("LOT 42\nEXP 2026"), [0.8] * len(tok.encode("LOT 42\nEXP 2026")))
-    assert lines.kind == "text" and lines.data["text"] == ("LOT 42", "EXP 2026")
+    assert lines.kind == "text_lines" and lines.data["text"] == ("LOT 42", "EXP 2026")

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from services.db import session_scope
 from services.ingest import register_and_send
-from services.schema import Barcode, Image, Job
+from services.schema import BarcodeRow, Image, Job
 from tests import images
 from tests.pipeline.conftest import wait_for
 
@@ -51,6 +51,6 @@ def test_bad_images_fail_with_reasons_and_the_worker_keeps_going(runtime, db_url
                 assert job.error is None and image.width and image.height
         rotated = s.execute(select(Image).where(Image.key == "shelf/odd/rotated.jpg")).scalar_one()
         assert (rotated.width, rotated.height) == (80, 120)  # stored upright: EXIF orientation 6 applied
-        values = sorted(s.scalars(select(Barcode.value).join(Image, Image.id == Barcode.image_id)
+        values = sorted(s.scalars(select(BarcodeRow.value).join(Image, Image.id == BarcodeRow.image_id)
                                   .where(Image.key.like("shelf/good/%"))))
         assert "WH-31001" in values and "WH-31002" in values

@@ -50,7 +50,7 @@ def test_operator_flow(app_env, db_url, start_worker, tmp_path: Path):
         res = json.loads(vlwatch(app_env, "results", "shelf/aisle/label-a.png", "--json").stdout)
         assert res["job"]["status"] == "succeeded"
         assert "WH-41001" in {b["value"] for b in res["results"]["barcodes"]}
-        assert any("WH-41001" in t["text"].replace(" ", "") for t in res["results"]["text"])
+        assert any("WH-41001" in t["text"].replace(" ", "") for t in res["results"]["text_lines"])
         assert "WH-41001" in vlwatch(app_env, "results", "shelf/aisle/label-a.png").stdout
         missing = vlwatch(app_env, "results", "shelf/nope.png", ok=False)
         assert missing.returncode != 0 and "no image with id or key 'shelf/nope.png'" in missing.stderr

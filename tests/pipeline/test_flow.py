@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from services.db import session_scope
 from services.ingest import register_and_send, scan, upload
-from services.schema import Barcode, Image, Job, OutboxEvent, TextLine
+from services.schema import BarcodeRow, Image, Job, OutboxEvent, TextLineRow
 from tests.pipeline.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.services
@@ -57,14 +57,14 @@ def test_upload_twice_makes_one_job_and_results_land(runtime, db_url, send_job, 
             assert job.status == "succeeded", job.error
             assert set(job.timings) >= {"fetch", "decode", "barcode", "ocr"}
             assert {entry["analyzer"] for entry in job.lineage} == {"barcode", "ocr"}
-            values = set(s.scalars(select(Barcode.value).where(Barcode.job_id == job.id)))
+            values = set(s.scalars(select(BarcodeRow.value).where(BarcodeRow.job_id == job.id)))
             assert values == set(expected[f.name]["barcodes"])
-            text = " ".join(s.scalars(select(TextLine.text).where(TextLine.job_id == job.id)))
+            text = " ".join(s.scalars(select(TextLineRow.text).where(TextLineRow.job_id == job.id)))
             for sku in expected[f.name].get("skus", []):
                 assert sku.replace(" ", "") in text.replace(" ", "")
             with PILImage.open(f) as im:
                 assert (image.width, image.height) == im.size
-            for b in s.scalars(select(Barcode).where(Barcode.job_id == job.id)):
+            for b in s.scalars(select(BarcodeRow).where(BarcodeRow.job_id == job.id)):
                 assert 0 <= b.x1 < b.x2 <= image.width and 0 <= b.y1 < b.y2 <= image.height
             events = s.scalars(select(OutboxEvent).where(OutboxEvent.job_id == job.id)).all()
             assert [e.type for e in events] == ["job.succeeded"]
@@ -84,8 +84,8 @@ def test_camera_put_is_found_by_scan_once(runtime, db_url, send_job, s3_settings
     with session_scope(db_url) as s:
         job = s.execute(select(Job)).scalar_one()
         assert (job.status, job.profile) == ("succeeded", "codes")
-        assert s.scalar(select(func.count()).select_from(Barcode)) >= 1
-        assert s.scalar(select(func.count()).select_from(TextLine)) == 0  # the dock profile runs barcodes only
+        assert s.scalar(select(func.count()).select_from(BarcodeRow)) >= 1
+        assert s.scalar(select(func.count()).select_from(TextLineRow)) == 0  # the dock profile runs barcodes only
 
 
 def test_task_is_sent_only_after_commit(runtime, db_url):

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from services.db import session_scope
 from services.ingest import register_and_send
-from services.schema import Job, OutboxEvent, TextLine
+from services.schema import Job, OutboxEvent, TextLineRow
 from tests.pipeline.conftest import wait_for
 from workers.pipeline import run_job
 
@@ -54,7 +54,7 @@ def test_worker_killed_mid_job_another_finishes_results_once(runtime, db_url, se
     with session_scope(db_url) as s:
         job = s.get(Job, reg.job_id)
         assert job.attempts == 2
-        lines = s.scalars(select(TextLine.text).where(TextLine.job_id == job.id)).all()
+        lines = s.scalars(select(TextLineRow.text).where(TextLineRow.job_id == job.id)).all()
         assert len(lines) == len(set(lines)) and len(lines) >= 30  # each line once
         assert s.scalar(select(func.count()).select_from(OutboxEvent)) == 1
 
@@ -64,7 +64,7 @@ def test_redelivered_task_is_skipped_and_rerun_never_duplicates(runtime, db_url)
     (reg,) = register_and_send(db_url, runtime.config, runtime.store.bucket, [info], lambda j, q: None)
     assert run_job(runtime, reg.job_id).status == "succeeded"
     with session_scope(db_url) as s:
-        n_lines = s.scalar(select(func.count()).select_from(TextLine))
+        n_lines = s.scalar(select(func.count()).select_from(TextLineRow))
     assert n_lines >= 3
     assert run_job(runtime, reg.job_id).status == "skipped"  # a second delivery of the same task
     with session_scope(db_url) as s:
@@ -72,7 +72,7 @@ def test_redelivered_task_is_skipped_and_rerun_never_duplicates(runtime, db_url)
         job.status = "queued"  # an operator re-queues the job: results are replaced, not added
     assert run_job(runtime, reg.job_id).status == "succeeded"
     with session_scope(db_url) as s:
-        assert s.scalar(select(func.count()).select_from(TextLine)) == n_lines
+        assert s.scalar(select(func.count()).select_from(TextLineRow)) == n_lines
         assert s.get(Job, reg.job_id).attempts == 2
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from services.db import session_scope
 from services.schema import (
-    Barcode, Detection, Image, Job, OutboxEvent, Source, TextLine, WebhookDelivery, WebhookSubscription, utcnow,
+    BarcodeRow, ObjectRow, Image, Job, OutboxEvent, Source, TextLineRow, WebhookDelivery, WebhookSubscription, utcnow,
 )
 from tests.pipeline.conftest import ROOT
 
@@ -49,18 +49,18 @@ def seeded(db_url: str) -> str:
 
         box = {"x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 20.0}
         a, ja = image_job(aisle, "aisle-7/a.png")
-        s.add(Barcode(job_id=ja.id, image_id=a.id, analyzer="barcode", format="Code128", value="WH-10427", **box))
-        s.add(TextLine(job_id=ja.id, image_id=a.id, analyzer="ocr", text="SKU: WH-10427", score=0.98, **box))
+        s.add(BarcodeRow(job_id=ja.id, image_id=a.id, analyzer="barcode", format="Code128", value="WH-10427", **box))
+        s.add(TextLineRow(job_id=ja.id, image_id=a.id, analyzer="ocr", text="SKU: WH-10427", score=0.98, **box))
         b, jb = image_job(aisle, "aisle-7/b.png")
-        s.add(TextLine(job_id=jb.id, image_id=b.id, analyzer="ocr", text="SKU: WH-20001", score=0.91, **box))
+        s.add(TextLineRow(job_id=jb.id, image_id=b.id, analyzer="ocr", text="SKU: WH-20001", score=0.91, **box))
         old, jold = image_job(aisle, "aisle-7/old.png", finished=now - timedelta(days=3))
-        s.add(Barcode(job_id=jold.id, image_id=old.id, analyzer="barcode", format="QRCode", value="WH-10427", **box))
+        s.add(BarcodeRow(job_id=jold.id, image_id=old.id, analyzer="barcode", format="QRCode", value="WH-10427", **box))
         image_job(aisle, "aisle-7/broken.jpg", status="failed", error="bad image: truncated JPEG")
         image_job(aisle, "aisle-7/old-broken.jpg", status="failed", finished=now - timedelta(hours=5), error="x")
         image_job(aisle, "aisle-7/waiting.png", status="queued", finished=None)
         g, jg = image_job(gate, "gate/cam.jpg")
         for label, score in (("person", 0.9), ("person", 0.3), ("forklift", 0.95)):
-            s.add(Detection(job_id=jg.id, image_id=g.id, analyzer="vl2-ground", label=label, phrase=label,
+            s.add(ObjectRow(job_id=jg.id, image_id=g.id, analyzer="vl2-ground", label=label, phrase=label,
                             score=score, **box))
         sub = WebhookSubscription(name="erp", url="http://127.0.0.1:9/", secret="whsec_eA==", event_types=["*"])
         ev = OutboxEvent(event_id="msg_1", type="job.succeeded", job_id=ja.id, payload={})

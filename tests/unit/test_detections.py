@@ -13,7 +13,20 @@ from model.detections import Detections, DetectionsError
 def test_grid_boxes_map_999_to_the_far_edge():
     d = Detections.from_grid_boxes((1000, 500), ["pallet"], [[0, 0, 999, 999]], scores=[0.5])
     assert d.xyxy.tolist() == [[0.0, 0.0, 1000.0, 500.0]]
-    assert d.to_rows() == [{"label": "pallet", "x1": 0.0, "y1": 0.0, "x2": 1000.0, "y2": 500.0, "score": 0.5}]
+    assert d.to_rows() == [{"label": "pallet", "phrase": None, "attributes": None, "x1": 0.0, "y1": 0.0,
+                            "x2": 1000.0, "y2": 500.0, "score": 0.5}]
+
+
+def test_rows_are_named_as_each_kinds_table_columns():
+    objects = Detections.from_grid_boxes((100, 100), ["pallet"], [[0, 0, 999, 999]],
+                                         data={"phrase": ["a pallet"], "colour": ["blue"]})
+    assert objects.to_rows()[0] | {"x1": 0} == {"label": "pallet", "phrase": "a pallet",
+                                                "attributes": {"colour": "blue"}, "x1": 0, "y1": 0.0,
+                                                "x2": 100.0, "y2": 100.0, "score": None}
+    lines = Detections.from_text_lines((10, 10), ["SKU 1"], [[0, 0, 5, 5]], [0.9])
+    assert lines.kind == "text_lines" and lines.to_rows()[0]["text"] == "SKU 1" and "label" not in lines.to_rows()[0]
+    codes = Detections.from_barcodes((10, 10), ["QRCode"], ["v"], [[0, 0, 5, 5]])
+    assert {k: codes.to_rows()[0][k] for k in ("format", "value")} == {"format": "QRCode", "value": "v"}
 
 
 @pytest.mark.parametrize(
