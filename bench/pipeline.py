@@ -133,12 +133,12 @@ def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict
     from connectors.outbox import add_subscription
     from services.config import AppConfig, Profile, SourceConfig
     from services.db import get_engine, session_scope
-    from services.ingest import upload
+    from services.ingest.upload import upload
     from services.migrate import upgrade
     from services.schema import WebhookDelivery
     from services.settings import Settings
     from workers.app import make_app, sender_for
-    from workers.runtime import make_store
+    from services.storage import store_from_settings
 
     st = stack_env()
     name = f"bench_{uuid.uuid4().hex[:8]}"
@@ -207,7 +207,7 @@ def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict
         # One-time set-up outside the clock, as the workers' and the dispatcher's start-up: the uploader's S3 client
         # and Celery producer connection, and the bucket's first write (SeaweedFS allocates the volumes of a new
         # bucket's collection on its first write: 0.2-1 s that no later upload pays).
-        store = make_store(settings)
+        store = store_from_settings(settings)
         store.put("bench-setup/first-write", os.urandom(1024), content_type="application/octet-stream")
         store.delete("bench-setup/first-write")
         app = make_app(settings)

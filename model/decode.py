@@ -12,6 +12,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +38,7 @@ class DecodedImage:
     orientation_applied: int | None  # the EXIF orientation (2..8) that was undone, None when none was needed
     frames: int  # frames in the file; only the first is analysed
     notes: list[str] = field(default_factory=list)  # what was converted, for the job's record
+    captured_at: datetime | None = None  # EXIF DateTimeOriginal (else DateTime), read as UTC; None if absent
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
@@ -104,7 +106,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     for wmsg in caught:
         notes.append(f"decoder warning: {wmsg.message}")
     return DecodedImage(image=rgb, width=rgb.width, height=rgb.height, format=fmt,
-                        orientation_applied=orientation, frames=frames, notes=notes)
+                        orientation_applied=orientation, frames=frames, notes=notes,
+                        captured_at=_captured_at(upright, notes))
 
 
 def _describe(data: bytes) -> str:
@@ -112,6 +115,20 @@ def _describe(data: bytes) -> str:
     if head and all(32 <= b < 127 or b in (9, 10, 13) for b in head):
         return f"the object (text starting {head.decode('ascii')[:24]!r})"
     return f"the object (first bytes {head[:8].hex()})"
+
+
+def _captured_at(im: Image.Image, notes: list[str]) -> datetime | None:
+    """EXIF DateTimeOriginal, else DateTime (EXIF has no zone: read as UTC). Read here, once, so that nothing
+    after decoding touches the image's metadata; unreadable EXIF is noted, never raised."""
+    try:
+        exif = im.getexif()
+        raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        if not raw:
+            return None
+        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").replace(tzinfo=timezone.utc)
+    except Exception as e:  # noqa: BLE001 - any EXIF damage is the same as no capture time
+        notes.append(f"EXIF capture time unreadable ({type(e).__name__}); upload time used")
+        return None
 
 
 def _orientation(im: Image.Image) -> int | None:

@@ -1,5 +1,5 @@
 """Draw stored results on an upright image: one colour per kind, a box outline per row and a caption
-(objects: label and score; text: the text; barcodes: format and value). Pure Pillow; never imports torch."""
+(objects: label and score; text lines: the text; barcodes: format and value). Pillow only; never imports torch."""
 
 from __future__ import annotations
 
@@ -9,6 +9,12 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from model.decode import decode_image
+from services.db import session_scope
+from services.queries import find_image, image_results
+from services.settings import Settings
+from services.storage import ObjectStore
 
 COLOURS = {  # outline colour per kind; captions are white on the same colour
     "objects": (230, 57, 70),
@@ -76,3 +82,12 @@ def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
+
+
+def annotate_image(db_url: str, store: ObjectStore, ref: str, output: Path, settings: Settings) -> Path:
+    """IMAGE (id or key) from the bucket with its stored boxes and labels drawn, written as a PNG to ``output``."""
+    with session_scope(db_url) as s:
+        res = image_results(s, find_image(s, ref))
+    decoded = decode_image(store.get(res.image.key), max_bytes=settings.max_image_bytes,
+                           max_pixels=settings.max_image_pixels)
+    return save_png(render_annotated(decoded.image, list(res.rows.items())), output)

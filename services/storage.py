@@ -11,7 +11,10 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, Optional, Protocol
+from typing import TYPE_CHECKING, Iterator, Optional, Protocol
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 
 class ObjectNotFound(LookupError):
@@ -193,3 +196,10 @@ def open_store(*, endpoint: Optional[str], access_key: Optional[str], secret_key
     if endpoint:
         return S3Store(endpoint, access_key, secret_key, bucket, secure, region)
     return LocalStore(local_root, bucket)
+
+
+def store_from_settings(settings: "Settings") -> ObjectStore:
+    """The store the settings name: S3 at ``VLWATCH_S3_ENDPOINT``, else the local folder under the data dir."""
+    return open_store(endpoint=settings.s3_endpoint, access_key=settings.s3_access_key,
+                      secret_key=settings.s3_secret_key, bucket=settings.bucket, secure=settings.s3_secure,
+                      region=settings.s3_region, local_root=settings.local_objects_dir)

@@ -6,17 +6,14 @@ Queues: ``cpu`` (barcode, CPU OCR), ``gpu`` (DeepSeek-VL2), named per profile in
 
 from __future__ import annotations
 
-import logging
 import threading
 from typing import Any, Optional
 
-from celery import Celery, Task, signals
+from celery import Celery, signals
 
 from services.settings import Settings
 from workers.pipeline import TransientError, run_batch
 from workers.runtime import get_runtime
-
-log = logging.getLogger(__name__)
 
 ANALYZE = "vlwatch.analyze"
 RECONCILE = "vlwatch.reconcile"
@@ -43,7 +40,10 @@ def make_app(settings: Settings) -> Celery:
         (folder / "processed").mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
                                              "processed_folder": str(folder / "processed"), "store_processed": False}
-    app.task(name=ANALYZE, bind=True, acks_late=True, max_retries=8)(analyze)
+    # Transient faults (storage or database unreachable) retry with exponential backoff and jitter, 1 s doubling
+    # up to 60 s; the jobs stay queued meanwhile and the reconciler would re-send them anyway.
+    app.task(name=ANALYZE, acks_late=True, autoretry_for=(TransientError,), max_retries=8, retry_backoff=1,
+             retry_backoff_max=60, retry_jitter=True)(analyze)
     app.task(name=RECONCILE)(reconcile_task)
     _warm_up_on_start(app)
     return app
@@ -78,21 +78,16 @@ def _warm_up_on_start(app: Celery) -> None:
     signals.worker_ready.connect(on_ready)
 
 
-def analyze(self: Task, job_ids: list[int] | int) -> dict[str, int]:
-    """Thin entry point: the work is ``workers.pipeline.run_batch``."""
+def analyze(job_ids: list[int] | int) -> dict[str, int]:
+    """Thin entry point: the work is ``workers.pipeline.run_batch``; counts of outcomes by status."""
     ids = [int(job_ids)] if isinstance(job_ids, int) else [int(j) for j in job_ids]
     rt = get_runtime()
-    try:
-        outcomes = run_batch(rt, ids, max(rt.settings.batch_size, len(ids)))
-        return {s: sum(o.status == s for o in outcomes) for s in {o.status for o in outcomes}}
-    except TransientError as exc:
-        countdown = min(2 ** self.request.retries, 60)
-        log.warning("%s; retrying in %ss", exc, countdown)
-        raise self.retry(exc=exc, countdown=countdown) from None
+    outcomes = run_batch(rt, ids, max(rt.settings.batch_size, len(ids)))
+    return {s: sum(o.status == s for o in outcomes) for s in {o.status for o in outcomes}}
 
 
 def reconcile_task() -> dict:
-    from workers.reconcile import reconcile
+    from workers.lease import reconcile
 
     rt = get_runtime()
     return reconcile(rt.db_url, sender_for(get_current_app()), requeue_after=rt.settings.requeue_after_seconds)
@@ -105,7 +100,7 @@ def get_current_app() -> Celery:
 
 
 def sender_for(app: Celery):  # noqa: ANN201
-    """A ``send_jobs(job_ids, queue)`` function for services.ingest: one task carries the ids of a few jobs."""
+    """A ``send_jobs(job_ids, queue)`` function for registration: one task carries the ids of a few jobs."""
 
     def send_jobs(job_ids: list[int], queue: str) -> None:
         app.send_task(ANALYZE, args=[list(job_ids)], queue=queue)

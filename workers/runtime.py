@@ -20,19 +20,11 @@ from typing import Collection, Optional
 
 from services.config import AppConfig, load_config
 from services.settings import Settings, load_settings
-from services.storage import ObjectStore, open_store
+from services.storage import ObjectStore, store_from_settings
 
 log = logging.getLogger(__name__)
 
 FETCH_THREADS = 8  # object storage is I/O: a batch's objects are fetched concurrently
-
-
-def make_store(settings: Settings) -> ObjectStore:
-    return open_store(
-        endpoint=settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
-        bucket=settings.bucket, secure=settings.s3_secure, region=settings.s3_region,
-        local_root=settings.local_objects_dir,
-    )
 
 
 @dataclass
@@ -49,7 +41,8 @@ class Runtime:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Runtime":
-        return cls(settings, load_config(settings.config), make_store(settings))
+        """For ``celery -A workers.celery_app``, whose process has no CLI to build the runtime."""
+        return cls(settings, load_config(settings.config), store_from_settings(settings))
 
     @property
     def db_url(self) -> str:
@@ -68,7 +61,6 @@ class Runtime:
                                    dtype=self.settings.vl2_dtype)
                 self._analyzers[key] = build_analyzer(name, options)
             return self._analyzers[key]
-
 
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads for fetching a batch's objects, made once per process (not once per batch)."""

@@ -18,7 +18,7 @@ from model.vl2.dump import DUMP_KEYS, run_dump
 from model.vl2.generation import GenerationConfig, generate
 from model.vl2.loader import load_model
 from model.vl2.memory import estimate_memory, kv_bytes_per_token
-from services.cli_model import model_group
+from services.cli.model import model_group
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_cli_missing_checkpoint_dir(tmp_path: Path) -> None:
 
 
 def test_services_cli_does_not_import_torch() -> None:
-    code = "import sys, services.cli_model; assert 'torch' not in sys.modules"
+    code = "import sys, services.cli.model; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy import select
 
 from services.db import session_scope
-from services.ingest import register_and_send
+from services.ingest.register import register_and_send
 from services.schema import BarcodeRow, Image, Job
 from tests import images
 from tests.pipeline.conftest import wait_for

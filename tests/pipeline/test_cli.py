@@ -95,7 +95,7 @@ def test_listen_registers_objects_from_an_s3_event(app_env, db_url, runtime, tmp
 
     data = b"vlwatch notify sample one"
     runtime.store.put("shelf/a b+c é.png", data)
-    doc = (ROOT / "tests" / "notify" / "events" / "s3_put.json").read_text()
+    doc = (ROOT / "tests" / "ingest" / "events" / "s3_put.json").read_text()
     doc = doc.replace("vlwatch-recorded", app_env["VLWATCH_BUCKET"])
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,9 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from services.db import session_scope
-from services.ingest import register_and_send, scan, upload
+from services.ingest.register import register_and_send
+from services.ingest.scan import scan
+from services.ingest.upload import upload
 from services.schema import BarcodeRow, Image, Job, OutboxEvent, TextLineRow
 from tests.pipeline.conftest import ROOT, wait_for
 
@@ -105,7 +107,7 @@ def test_task_is_sent_only_after_commit(runtime, db_url):
 
 
 def test_broker_down_leaves_job_queued_and_reconciler_resends(runtime, db_url, send_job):
-    from workers.reconcile import reconcile
+    from workers.lease import reconcile
 
     def broken(job_ids: list[int], queue: str) -> None:
         raise ConnectionError("broker unreachable")

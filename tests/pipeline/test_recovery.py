@@ -10,7 +10,7 @@ from PIL import ImageDraw
 from sqlalchemy import func, select
 
 from services.db import session_scope
-from services.ingest import register_and_send
+from services.ingest.register import register_and_send
 from services.schema import Job, OutboxEvent, TextLineRow
 from tests.pipeline.conftest import wait_for
 from workers.pipeline import run_job
@@ -39,7 +39,7 @@ def _status(db_url: str, job_id: int) -> str:
 
 
 def test_worker_killed_mid_job_another_finishes_results_once(runtime, db_url, send_job, start_worker):
-    from workers.reconcile import reconcile
+    from workers.lease import reconcile
 
     info = runtime.store.put("shelf/busy-page.png", _busy_page(), content_type="image/png")
     first = start_worker()
@@ -78,14 +78,16 @@ def test_redelivered_task_is_skipped_and_rerun_never_duplicates(runtime, db_url)
 
 def test_lost_lease_discards_results(runtime, db_url):
     """A worker whose lease was taken over must not write results."""
-    from workers.pipeline import Work, claim, commit
+    from workers.commit import commit
+    from workers.lease import claim
+    from workers.pipeline import Work
 
     info = runtime.store.put("shelf/lease.png", _busy_page(2), content_type="image/png")
     (reg,) = register_and_send(db_url, runtime.config, runtime.store.bucket, [info], lambda j, q: None)
-    assert claim(runtime, [reg.job_id]) == [reg.job_id]
+    assert [c.job_id for c in claim(db_url, runtime.worker_id, 60, [reg.job_id])] == [reg.job_id]
     with session_scope(db_url) as s:
         s.get(Job, reg.job_id).lease_owner = "someone-else"
-    (out,) = commit(runtime, [Work(reg.job_id, reg.image_id, info.key, "labels", 1)])
+    (out,) = commit(db_url, runtime.worker_id, [Work(reg.job_id, reg.image_id, info.key, "labels", 1)])
     assert out.status == "lost"
     with session_scope(db_url) as s:
         assert s.get(Job, reg.job_id).status == "running"

@@ -37,3 +37,6 @@ def dump_command(checkpoint_dir: str, prompt: str, images: tuple[str, ...], max_
     except (ValueError, RuntimeError, OSError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(json.dumps(summary))
+
+
+COMMANDS = [model_group]

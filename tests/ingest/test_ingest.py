@@ -11,10 +11,10 @@ import httpx
 import pytest
 import redis
 
-from services.ingest import scan
-from services.notify import ingest_events, parse_s3_event
-from services.notify_server import NotifyServer, consume_minio_redis, serve
-from tests.notify.events import ONE, ONE_V2, QUEUE, THREE, TWO, raw
+from services.ingest.scan import scan
+from services.ingest.bucket_events import ingest_events, parse_s3_event
+from services.ingest.listener import NotifyServer, consume_minio_redis, serve
+from tests.ingest.events import ONE, ONE_V2, QUEUE, THREE, TWO, raw
 from tests.waiting import wait_for
 
 K1 = "shelf/a b+c é.png"

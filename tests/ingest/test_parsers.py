@@ -10,10 +10,10 @@ from urllib.parse import quote_plus
 import pytest
 from hypothesis import given, strategies as st
 
-from services.notify import (
+from services.ingest.bucket_events import (
     NotificationError, parse_minio_redis, parse_s3_event, parse_seaweed_filer, sequencer_order,
 )
-from tests.notify.events import ONE, ONE_V2, RECORDED_BUCKET as B, THREE, TWO, doc, raw
+from tests.ingest.events import ONE, ONE_V2, RECORDED_BUCKET as B, THREE, TWO, doc, raw
 
 
 def md5(b: bytes) -> str:

@@ -1,4 +1,4 @@
-"""Recorded notification documents (tests/notify/events/) and the object contents they describe."""
+"""Recorded notification documents (tests/ingest/events/) and the object contents they describe."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 def _wait(predicate, timeout: float, what: str, poll: float = 0.1) -> None:  # noqa: ANN001
@@ -30,15 +30,16 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
 
     from connectors.outbox import add_subscription, dispatch_once, pending_deliveries
     from connectors.receiver import WebhookReceiver
-    from services.annotate import annotate_image
     from services.config import AppConfig, Profile, SourceConfig
     from services.db import session_scope
-    from services.ingest import iter_upload_files, upload
+    from services.ingest.upload import iter_upload_files, upload
     from services.migrate import upgrade
     from services.queries import image_results, job_counts, list_jobs
+    from services.render import annotate_image
     from services.settings import load_settings
     from workers.app import make_app, sender_for
-    from workers.runtime import Runtime, make_store, set_runtime
+    from services.storage import store_from_settings
+    from workers.runtime import Runtime, set_runtime
 
     t_start = time.perf_counter()
     if out.exists():
@@ -49,7 +50,7 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     config = AppConfig(profiles={"default": Profile(analyzers=("barcode", "ocr"))},
                        sources={"demo": SourceConfig(profile="default", prefix="demo/")})
     upgrade(settings.db_url)
-    store = make_store(settings)
+    store = store_from_settings(settings)
     store.ensure_bucket()
     rt = Runtime(settings, config, store)
     set_runtime(rt)
@@ -119,3 +120,14 @@ def _print_table(rows: list) -> None:  # noqa: ANN001
         for r in res["text_lines"]:
             click.echo(f"    text     {r['score']:.2f}       {r['text']}")
         click.echo("-" * 100)
+
+
+@click.command()
+@click.option("--out", default=Path("vlwatch-demo"), type=click.Path(file_okay=False, path_type=Path),
+              show_default=True, help="Working folder (recreated).")
+def demo(out: Path) -> None:
+    """Run the whole flow on the bundled samples with the embedded default (no servers needed)."""
+    run_demo(out)
+
+
+COMMANDS = [demo]

@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from services.config import AppConfig, parse_config
 from services.db import session_scope
-from services.notify_server import NotifyServer
+from services.ingest.listener import NotifyServer
 from services.schema import Image, Job
 from services.storage import S3Store
-from tests.notify.events import QUEUE
+from tests.ingest.events import QUEUE
 
 CONFIG_YAML = f"""
 profiles:

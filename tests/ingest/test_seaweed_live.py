@@ -16,11 +16,11 @@ from typing import Iterator
 
 import pytest
 
-from services.ingest import scan
-from services.notify_server import NotifyServer
+from services.ingest.scan import scan
+from services.ingest.listener import NotifyServer
 from services.storage import S3Store
 from tests import stack
-from tests.notify.events import QUEUE
+from tests.ingest.events import QUEUE
 from tests.waiting import wait_for
 
 TOKEN = "filer-token"

@@ -48,8 +48,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
 from services.config import AppConfig
-from services.ingest import SendJob
-from services.notify import (
+from services.ingest.register import SendJob
+from services.ingest.bucket_events import (
     SEAWEED_BUCKETS_DIR, IngestCounts, NotificationError, ingest_document, ingest_events, parse_minio_redis,
 )
 from services.storage import StorageUnavailable

@@ -41,7 +41,7 @@ from urllib.parse import unquote_plus
 
 from services.config import AppConfig
 from services.db import session_scope
-from services.ingest import SendJob, known_etags, register_and_send
+from services.ingest.register import SendJob, known_etags, register_and_send
 from services.storage import BadKey, ObjectInfo, check_key
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,23 @@
+"""The ``vlwatch`` group and its commands, by domain: database, ingestion, work, results, delivery (webhooks and
+connectors), demo and model tools."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from services.cli import connectors, db, delivery, demo, ingest, model, results, webhooks, work
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """vlwatch: vision analytics for warehouse and security images."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+for module in (db, ingest, work, delivery, results, webhooks, connectors, demo, model):
+    for command in module.COMMANDS:
+        main.add_command(command)

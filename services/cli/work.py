@@ -1,0 +1,45 @@
+"""Commands that run jobs: ``worker`` (a Celery worker on some queues) and ``reconcile`` (re-send jobs whose
+task was lost, reclaim jobs whose worker died)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from services.cli.context import Ctx, pass_ctx
+
+
+@click.command()
+@click.option("--queues", "-Q", default="cpu", show_default=True, help="Comma-separated queues: cpu, gpu.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=int)
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
+@click.option("--loglevel", default="INFO", show_default=True)
+@pass_ctx
+def worker(ctx: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
+    """Run a Celery worker on QUEUES (one process per GPU: use --pool solo on gpu queues)."""
+    from workers.runtime import Runtime, set_runtime
+
+    set_runtime(Runtime(ctx.settings, ctx.config, ctx.store(ensure_bucket=False)))
+    ctx.celery().worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", loglevel,
+                              "--prefetch-multiplier", "1", "-n", f"vlwatch-{queues.replace(',', '-')}@%h"])
+
+
+@click.command()
+@click.option("--watch", is_flag=True)
+@click.option("--interval", default=15.0, show_default=True)
+@pass_ctx
+def reconcile(ctx: Ctx, watch: bool, interval: float) -> None:
+    """Re-send jobs left queued and reclaim jobs whose worker died (expired lease)."""
+    from workers.lease import reconcile as do_reconcile
+
+    send = ctx.send_job()
+    while True:
+        click.echo(json.dumps(do_reconcile(ctx.db_url, send, ctx.settings.requeue_after_seconds)))
+        if not watch:
+            return
+        time.sleep(interval)
+
+
+COMMANDS = [worker, reconcile]

@@ -1,0 +1,108 @@
+"""Committing a batch of analysed jobs: for every job still leased to this worker, in one transaction, its result
+rows (replacing those of an earlier attempt), the image's facts, the job's final status with timings and
+lineage, and its ``job.succeeded`` / ``job.failed`` outbox event. Nothing is announced that is not committed, and
+a job whose lease was taken over writes nothing ("lost": the other worker's run counts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
+
+from sqlalchemy import delete, insert, select, update
+
+from services.db import session_scope
+from services.events import JOB_FAILED, JOB_SUCCEEDED, PAYLOAD_VERSION, event_row, iso
+from services.schema import RESULT_TABLES, Image, Job, JobStatus, OutboxEvent, Source, utcnow
+
+if TYPE_CHECKING:
+    from workers.pipeline import Work
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: int
+    status: str  # succeeded, failed, skipped (finished already or held by a live lease), lost (lease taken over)
+    reason: Optional[str] = None
+
+
+def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
+    """Write the outcome of every job of ``work`` still leased to ``owner``; see the module's text."""
+    outcomes: list[Outcome] = []
+    with session_scope(db_url) as s:
+        jobs = {r.id: r for r in s.execute(
+            select(Job.id, Job.status, Job.lease_owner, Job.profile, Job.attempts, Image.id.label("image_id"),
+                   Image.bucket, Image.key, Image.etag, Image.sha256, Image.uploaded_at,
+                   Source.name.label("source"))
+            .join(Image, Image.id == Job.image_id).outerjoin(Source, Source.id == Image.source_id)
+            .where(Job.id.in_([w.job_id for w in work])).with_for_update(of=Job))}
+        mine = []
+        for w in work:
+            job = jobs[w.job_id]
+            if job.status == JobStatus.running.value and job.lease_owner == owner:
+                mine.append(w)
+            else:
+                log.warning("job %s: lease lost to %s; results discarded", w.job_id, job.lease_owner)
+                outcomes.append(Outcome(w.job_id, "lost"))
+        if not mine:
+            return outcomes
+        # A job's first attempt has no results (they are only written under a claim, and a claim counts an
+        # attempt): only re-runs delete, so a re-run replaces its rows and never duplicates them.
+        rerun = [w.job_id for w in mine if jobs[w.job_id].attempts > 1]
+        for table in RESULT_TABLES.values() if rerun else ():
+            s.execute(delete(table).where(table.job_id.in_(rerun)))
+        results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        job_rows, image_rows, events = [], [], []
+        now = utcnow()
+        for w in mine:
+            job = jobs[w.job_id]
+            timings = {k: round(v, 6) for k, v in w.timings.items()}
+            image_row: dict[str, Any] = {"id": job.image_id,
+                                         "sha256": hashlib.sha256(w.data).hexdigest() if w.data else job.sha256}
+            image = {"id": job.image_id, "bucket": job.bucket, "key": job.key, "etag": job.etag,
+                     "source": job.source, "width": None, "height": None, "sha256": image_row["sha256"],
+                     "captured_at": None, "uploaded_at": iso(job.uploaded_at)}
+            job_row: dict[str, Any] = {"id": job.id, "lease_owner": None, "lease_expires_at": None,
+                                       "finished_at": now, "timings": timings}
+            job_data = {"id": job.id, "profile": job.profile, "attempts": job.attempts}
+            if w.failure is not None:
+                log.warning("job %s failed: %s", w.job_id, w.failure)
+                job_row.update(status=JobStatus.failed.value, error=w.failure, lineage=None)
+                events.append(event_row(JOB_FAILED, job.id, {
+                    "version": PAYLOAD_VERSION, "image": image, "job": job_data | {"error": w.failure}}))
+                outcomes.append(Outcome(w.job_id, "failed", w.failure))
+            else:
+                d = w.decoded
+                image_row.update(width=d.width, height=d.height, captured_at=d.captured_at)
+                image.update(width=d.width, height=d.height, captured_at=iso(d.captured_at))
+                found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in RESULT_TABLES}
+                for result in w.results:
+                    rows = result.detections.to_rows()
+                    found[result.detections.kind].extend({"analyzer": result.lineage.analyzer} | r for r in rows)
+                for kind, rows in found.items():
+                    results[kind].extend({"job_id": job.id, "image_id": job.image_id} | r for r in rows)
+                lineage = [r.lineage.as_dict() for r in w.results]
+                job_row.update(status=JobStatus.succeeded.value, error=None, lineage=lineage)
+                events.append(event_row(JOB_SUCCEEDED, job.id, {
+                    "version": PAYLOAD_VERSION, "image": image, "results": found,
+                    "job": job_data | {"timings": timings, "lineage": lineage, "notes": list(d.notes)}}))
+                outcomes.append(Outcome(w.job_id, "succeeded"))
+            job_rows.append(job_row)
+            image_rows.append(image_row)
+        for kind, rows in results.items():
+            if rows:
+                s.execute(insert(RESULT_TABLES[kind]), rows)
+        s.execute(update(Image), image_rows)  # executemany by primary key
+        s.execute(update(Job), job_rows)
+        s.execute(insert(OutboxEvent), events)
+    by_status: dict[str, list[int]] = defaultdict(list)
+    for o in outcomes:
+        by_status[o.status].append(o.job_id)
+    for status, job_ids in by_status.items():
+        log.info("jobs %s %s", job_ids, status)
+    return outcomes
