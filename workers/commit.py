@@ -9,8 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
@@ -18,17 +17,9 @@ from services.db import session_scope
 from services.events import JOB_FAILED, JOB_SUCCEEDED, PAYLOAD_VERSION, event_row, iso
 from services.schema import RESULT_TABLES, Image, Job, JobStatus, OutboxEvent, Source, utcnow
 
-if TYPE_CHECKING:
-    from workers.pipeline import Work
+from workers.work import Outcome, Work
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    job_id: int
-    status: str  # succeeded, failed, skipped (finished already or held by a live lease), lost (lease taken over)
-    reason: Optional[str] = None
 
 
 def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:

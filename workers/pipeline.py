@@ -15,42 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
-from model.decode import BadImage, DecodedImage, decode_image
+from model.decode import BadImage, decode_image
 from services.storage import ObjectNotFound, StorageUnavailable
-from workers.commit import Outcome, commit
-from workers.lease import Claimed, claim, release, renew
+from workers.commit import commit
+from workers.lease import claim, release, renew
 from workers.runtime import Runtime
+from workers.work import Outcome, Work
 
 log = logging.getLogger(__name__)
 
 
 class TransientError(RuntimeError):
     """Storage or database unreachable: retry later; the jobs are left queued."""
-
-
-@dataclass
-class Work:
-    """One claimed job on its way through the stages."""
-
-    job_id: int
-    image_id: int
-    key: str
-    profile: str
-    attempts: int
-    data: bytes = b""
-    decoded: Optional[DecodedImage] = None
-    results: list = field(default_factory=list)  # one AnalyzerResult per analyzer run
-    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
-    failure: Optional[str] = None  # why the job failed, in words a person can act on
-
-    @classmethod
-    def of(cls, c: Claimed) -> "Work":
-        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts)
 
 
 def run_job(rt: Runtime, job_id: int, batch_size: Optional[int] = None) -> Outcome:

@@ -4,6 +4,9 @@ MoE layers with fp32 routing, grouped expert compute, and a KV cache (MLA: compr
 Module and parameter names follow the official checkpoint, except routed experts, which are stacked per layer
 (``mlp.w13 [E, 2I, D]`` = gate_proj ++ up_proj, ``mlp.w2 [E, D, I]`` = down_proj); the loader maps
 ``mlp.experts.E.*`` onto slices of them.
+
+Why this module is long: one decoder forward (norms, both attention kinds with their caches, dense and MoE MLPs)
+reads top-down in one file; split, each piece would need the others to be understood.
 """
 
 from __future__ import annotations

@@ -49,9 +49,8 @@ from typing import Any, Callable, Optional
 
 from services.config import AppConfig
 from services.ingest.register import SendJob
-from services.ingest.bucket_events import (
-    SEAWEED_BUCKETS_DIR, IngestCounts, NotificationError, ingest_document, ingest_events, parse_minio_redis,
-)
+from services.ingest.bucket_events import SEAWEED_BUCKETS_DIR, NotificationError, parse_minio_redis
+from services.ingest.event_ingest import IngestCounts, ingest_document, ingest_events
 from services.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from services.ingest.scan import scan
-from services.ingest.bucket_events import ingest_events, parse_s3_event
+from services.ingest.bucket_events import parse_s3_event
+from services.ingest.event_ingest import ingest_events
 from services.ingest.listener import NotifyServer, consume_minio_redis, serve
 from tests.ingest.events import ONE, ONE_V2, QUEUE, THREE, TWO, raw
 from tests.waiting import wait_for

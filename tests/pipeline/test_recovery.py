@@ -80,7 +80,7 @@ def test_lost_lease_discards_results(runtime, db_url):
     """A worker whose lease was taken over must not write results."""
     from workers.commit import commit
     from workers.lease import claim
-    from workers.pipeline import Work
+    from workers.work import Work
 
     info = runtime.store.put("shelf/lease.png", _busy_page(2), content_type="image/png")
     (reg,) = register_and_send(db_url, runtime.config, runtime.store.bucket, [info], lambda j, q: None)

@@ -1,0 +1,37 @@
+"""What flows between the stages of a batch: ``Work`` (one claimed job, filled in stage by stage) and its
+``Outcome``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from model.decode import DecodedImage
+from workers.lease import Claimed
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: int
+    status: str  # succeeded, failed, skipped (finished already or held by a live lease), lost (lease taken over)
+    reason: Optional[str] = None
+
+
+@dataclass
+class Work:
+    """One claimed job on its way through the stages."""
+
+    job_id: int
+    image_id: int
+    key: str
+    profile: str
+    attempts: int
+    data: bytes = b""
+    decoded: Optional[DecodedImage] = None
+    results: list = field(default_factory=list)  # one AnalyzerResult per analyzer run
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+    failure: Optional[str] = None  # why the job failed, in words a person can act on
+
+    @classmethod
+    def of(cls, c: Claimed) -> "Work":
+        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts)
