@@ -1,21 +1,22 @@
 """``vlwatch upload``: files into the bucket under a source's prefix, then registered like any other object.
 
 Per batch of files: a select of those already known (same key and content), the PUTs (concurrently), one
-transaction that registers the new ones, then their tasks.
+transaction that registers the new ones, then their tasks; the batches overlap (see ``upload``).
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from services.config import AppConfig
 from services.db import session_scope
 from services.ingest.register import Registered, SendJob, ensure_sources, known_etags, register_and_send
-from services.storage import ObjectStore
+from services.storage import ObjectInfo, ObjectStore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -42,40 +43,56 @@ def md5_hex(data: bytes) -> str:
 class UploadReport:
     uploaded: int = 0
     skipped: int = 0  # already registered with the same content
-    registered: list[Registered] | None = None
+    registered: list[Registered] = field(default_factory=list)
 
 
 def upload(
     db_url: str, config: AppConfig, store: ObjectStore, paths: Sequence[Path], source: str, send_job: SendJob,
-    progress: Optional[Callable[[int], None]] = None, batch: int = 32,
+    progress: Optional[Callable[[int], None]] = None, batch: int = 64, threads: int = 8, in_flight: int = 4,
 ) -> UploadReport:
     """Put files into the bucket under the source's prefix and register them; already registered ones skip.
-    Per batch of ``batch`` files: a select of those known already, the puts (8 at a time), one transaction that
-    registers them, the tasks, and the stamp of ``sent_at``."""
+
+    Three things overlap so that the PUTs never wait for the database: the calling thread reads and hashes a
+    batch of ``batch`` files, asks which are registered already (one select) and hands the others' PUTs to
+    ``threads`` threads; one registering thread takes the batches in order, waits for their PUTs, registers
+    them (one transaction) and sends their tasks. At most ``in_flight`` batches are on their way at once, so
+    memory stays bounded."""
     config = config.with_source(source)
     prefix = config.sources[source].prefix
-    report = UploadReport(registered=[])
+    report = UploadReport()
     files = list(iter_upload_files(paths))
-    source_ids: Optional[dict[str, int]] = None
-    with ThreadPoolExecutor(8) as pool:  # object storage is I/O: put concurrently
+    with session_scope(db_url) as s:
+        source_ids = ensure_sources(s, config)
+
+    def register(n: int, puts: list[Future[ObjectInfo]]) -> None:
+        infos = [f.result() for f in puts]
+        if infos:
+            regs = register_and_send(db_url, config, store.bucket, infos, send_job, source, source_ids)
+            report.uploaded += sum(r.created for r in regs)
+            report.skipped += sum(not r.created for r in regs)
+            report.registered.extend(regs)
+        if progress:
+            progress(n)
+
+    batches: deque[Future[None]] = deque()
+    known_before = 0  # counted here, added to the report at the end (the registering thread owns the report)
+    with ThreadPoolExecutor(threads, thread_name_prefix="vlwatch-upload") as pool, \
+            ThreadPoolExecutor(1, thread_name_prefix="vlwatch-register") as registrar:
         for i in range(0, len(files), batch):
             chunk = files[i : i + batch]
             blobs = [(f, prefix + rel, f.read_bytes()) for f, rel in chunk]
             digests = [md5_hex(data) for _, _, data in blobs]
             with session_scope(db_url) as s:
                 known = known_etags(s, store.bucket, [(key, md5) for (_, key, _), md5 in zip(blobs, digests)])
-                if source_ids is None:
-                    source_ids = ensure_sources(s, config)
             todo = [(f, key, data) for (f, key, data), md5 in zip(blobs, digests) if (key, md5) not in known]
-            report.skipped += len(blobs) - len(todo)
-            infos = list(pool.map(lambda t: store.put(t[1], t[2], content_type=_content_type(t[0])), todo))
-            if infos:
-                regs = register_and_send(db_url, config, store.bucket, infos, send_job, source, source_ids)
-                report.uploaded += sum(r.created for r in regs)
-                report.skipped += sum(not r.created for r in regs)
-                report.registered.extend(regs)
-            if progress:
-                progress(len(chunk))
+            known_before += len(blobs) - len(todo)
+            puts = [pool.submit(store.put, key, data, content_type=_content_type(f)) for f, key, data in todo]
+            batches.append(registrar.submit(register, len(chunk), puts))
+            while len(batches) > in_flight or (batches and batches[0].done()):
+                batches.popleft().result()  # re-raises a failed PUT or registration here
+        while batches:
+            batches.popleft().result()
+    report.skipped += known_before
     return report
 
 
