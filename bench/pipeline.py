@@ -130,7 +130,7 @@ def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict
     from sqlalchemy import create_engine, func, select, text
     from sqlalchemy.engine import make_url
 
-    from connectors.outbox import add_subscription
+    from connectors.webhooks import add_subscription
     from services.config import AppConfig, Profile, SourceConfig
     from services.db import get_engine, session_scope
     from services.ingest.upload import upload
@@ -180,8 +180,8 @@ def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict
                 raise SystemExit(f"workers did not start; logs in {tmp}")
             time.sleep(0.1)
         # The subscriber and the dispatcher run as their own processes, as they would in production.
-        rx = subprocess.Popen([sys.executable, "-m", "connectors.receiver"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              text=True, start_new_session=True)
+        rx = subprocess.Popen([sys.executable, "-m", "services.cli.receiver"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
         rx_url, rx_secret = rx.stdout.readline().split()
         procs.append(rx)
         with session_scope(db_url) as s:

@@ -7,7 +7,7 @@ overlapping boxes that disagree produce ``needs_review`` on both observations in
 
 Writes are idempotent upserts keyed by (image_id, kind, code): re-delivering an event changes nothing, and
 the stock row per (site, aisle, bay, sku) keeps the latest sighting by (seen_at, image_id) whatever order
-events arrive in. Tables (created by :func:`migrate`): ``inventory_observations``, ``inventory_stock``.
+events arrive in. Tables (created by ``migrate``): ``inventory_observations``, ``inventory_stock``.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ from sqlalchemy import (
     Boolean, Column, DateTime, Integer, MetaData, String, Table,
 )
 
-from connectors.base import event_time, upsert
-from services.events import results_of
 from connectors.geometry import overlaps
-from connectors.health import TargetDatabase
+from connectors.targets import TargetDatabase, event_time, upsert
+from services.events import results_of
 
 metadata = MetaData()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, Optional
 
-from connectors.base import Connector
 from connectors.inventory import InventoryConnector, Location
 from connectors.security import Rule, SecurityConnector, Zone
+from connectors.targets import Connector
 from services.config import AppConfig, parse_window
 
 

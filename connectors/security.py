@@ -12,7 +12,7 @@ Writes: ``security_events`` keyed by (rule, zone, dedupe_key). With ``cooldown_s
 (capture time, image id, digest of box and event id). Without a cool-down ``dedupe_key`` is
 ``"<label>|<image id>|<box>"``: every match is an event. The order is stored as ``keep_rank``, a fixed-width digit
 string that is *greatest* for the earliest candidate, and one multi-row upsert per batch replaces a row only by a
-strictly greater ``keep_rank`` (:func:`connectors.base.upsert`). So the rows are a function of the set of
+strictly greater ``keep_rank`` (:func:`connectors.targets.upsert`). So the rows are a function of the set of
 events delivered, whatever their order, duplication or batching. ``snapshot_url`` is presigned when the row is
 written (its lifetime counts from then) and is not refreshed by a re-delivery; it is the one column that depends
 on when, not what, was delivered.
@@ -29,10 +29,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table
 from sqlalchemy.dialects import mysql
 
-from connectors.base import event_time, upsert
-from services.events import results_of
 from connectors.geometry import centre, point_in_polygon
-from connectors.health import TargetDatabase
+from connectors.targets import TargetDatabase, event_time, upsert
+from services.events import results_of
 
 metadata = MetaData()
 

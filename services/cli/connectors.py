@@ -24,7 +24,7 @@ def connectors_group() -> None:
 @pass_ctx
 def connectors_status(ctx: Ctx, as_json: bool) -> None:
     """Per connector: deliveries pending (due now), delivered, dead-lettered, lag, last error."""
-    from connectors.delivery import status
+    from connectors.databases import status
     from services.db import session_scope
 
     sync_connectors(ctx)
@@ -52,7 +52,7 @@ def connectors_status(ctx: Ctx, as_json: bool) -> None:
 @pass_ctx
 def connectors_replay(ctx: Ctx, since: str, name: Optional[str], dead_only: bool) -> None:
     """Deliver events since TIME again; events from before a connector existed are delivered to it too."""
-    from connectors.delivery import replay
+    from connectors.databases import replay
     from services.db import session_scope
 
     when = parse_time(since)

@@ -13,7 +13,7 @@ from services.cli.context import Ctx, jsonable, pass_ctx
 
 def sync_webhooks(ctx: Ctx) -> None:
     """Subscriptions named in the YAML file are created or updated in SQL."""
-    from connectors.outbox import upsert_subscription
+    from connectors.webhooks import upsert_subscription
     from services.db import session_scope
 
     if not ctx.config.webhooks:
@@ -25,7 +25,7 @@ def sync_webhooks(ctx: Ctx) -> None:
 
 def sync_connectors(ctx: Ctx) -> None:
     """The ``connectors`` table follows the YAML file (so fan-out makes deliveries for every connector)."""
-    from connectors.delivery import sync_connectors as sync
+    from connectors.databases import sync_connectors as sync
     from services.db import session_scope
 
     with session_scope(ctx.db_url) as s:
@@ -52,25 +52,27 @@ def build_connectors(ctx: Ctx, names: tuple[str, ...] = ()) -> dict[str, Any]:
 @pass_ctx
 def dispatch(ctx: Ctx, watch: bool) -> None:
     """Deliver outbox events to webhook subscribers and connectors; also re-sends stuck jobs (the reconciler)."""
-    from connectors.outbox import dispatch_once
+    from connectors.dispatch import dispatch_once
+    from connectors.webhooks import WebhookSender
     from workers.lease import reconcile
 
     s = ctx.settings
     sync_webhooks(ctx)
     targets = build_connectors(ctx)
     send, next_reconcile = ctx.send_job(), 0.0
-    while True:
-        counts = dispatch_once(ctx.db_url, schedule=s.webhook_retry_schedule, timeout=s.webhook_timeout_seconds,
-                               connectors=targets)
-        rec = None
-        if time.monotonic() >= next_reconcile:  # the reconciler runs on its own, slower cadence
-            rec = reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
-            next_reconcile = time.monotonic() + s.reconcile_interval_seconds
-        if not watch:
-            click.echo(json.dumps({"delivery": jsonable(counts), "reconcile": rec}))
-            return
-        if counts.sent == 0 and counts.fanned_out == 0:  # busy rounds follow each other without waiting
-            time.sleep(s.dispatch_interval_seconds)
+    with WebhookSender() as sender:  # one for every round: its connections to receivers stay open
+        while True:
+            counts = dispatch_once(ctx.db_url, schedule=s.webhook_retry_schedule,
+                                   timeout=s.webhook_timeout_seconds, connectors=targets, sender=sender)
+            rec = None
+            if time.monotonic() >= next_reconcile:  # the reconciler runs on its own, slower cadence
+                rec = reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
+                next_reconcile = time.monotonic() + s.reconcile_interval_seconds
+            if not watch:
+                click.echo(json.dumps({"delivery": jsonable(counts), "reconcile": rec}))
+                return
+            if counts.sent == 0 and counts.fanned_out == 0:  # busy rounds follow each other without waiting
+                time.sleep(s.dispatch_interval_seconds)
 
 
 COMMANDS = [dispatch]

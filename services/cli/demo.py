@@ -28,8 +28,9 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     from celery.contrib.testing.worker import start_worker
     from tqdm import tqdm
 
-    from connectors.outbox import add_subscription, dispatch_once, pending_deliveries
-    from connectors.receiver import WebhookReceiver
+    from connectors.dispatch import dispatch_once, pending_deliveries
+    from connectors.webhooks import WebhookSender, add_subscription
+    from services.cli.receiver import WebhookReceiver
     from services.config import AppConfig, Profile, SourceConfig
     from services.db import session_scope
     from services.ingest.upload import iter_upload_files, upload
@@ -61,8 +62,8 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     for name in config.profiles["default"].analyzers:
         rt.analyzer(name)
 
-    with WebhookReceiver() as receiver, start_worker(app, pool="solo", perform_ping_check=False,
-                                                     loglevel="WARNING", shutdown_timeout=30):
+    with WebhookReceiver() as receiver, WebhookSender() as sender, start_worker(
+            app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):
         with session_scope(settings.db_url) as s:
             add_subscription(s, "demo-receiver", receiver.url, ["job.succeeded", "job.failed"], receiver.secret)
         files = list(iter_upload_files([samples]))
@@ -79,7 +80,7 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
 
         def delivered() -> bool:
             dispatch_once(settings.db_url, schedule=settings.webhook_retry_schedule,
-                          timeout=settings.webhook_timeout_seconds)
+                          timeout=settings.webhook_timeout_seconds, sender=sender)
             with session_scope(settings.db_url) as s:
                 return pending_deliveries(s) == 0
 

@@ -21,7 +21,7 @@ def webhooks_group() -> None:
 @click.option("--secret", default=None, help="whsec_...; generated when omitted.")
 @pass_ctx
 def webhooks_add(ctx: Ctx, name: str, url: str, events: tuple[str, ...], secret: Optional[str]) -> None:
-    from connectors.outbox import add_subscription
+    from connectors.webhooks import add_subscription
     from services.config import WebhookConfig
     from services.db import session_scope
 
@@ -37,7 +37,7 @@ def webhooks_add(ctx: Ctx, name: str, url: str, events: tuple[str, ...], secret:
 @webhooks_group.command("list")
 @pass_ctx
 def webhooks_list(ctx: Ctx) -> None:
-    from connectors.outbox import list_subscriptions, subscription_stats
+    from connectors.webhooks import list_subscriptions, subscription_stats
     from services.db import session_scope
 
     with session_scope(ctx.db_url) as s:
@@ -55,7 +55,7 @@ def webhooks_list(ctx: Ctx) -> None:
 @pass_ctx
 def webhooks_replay(ctx: Ctx, name: Optional[str], since: Optional[str], everything: bool) -> None:
     """Re-send dead-lettered deliveries (or all, with --all), keeping each webhook-id."""
-    from connectors.outbox import replay
+    from connectors.webhooks import replay
     from services.db import session_scope
 
     when = parse_time(since) if since else None

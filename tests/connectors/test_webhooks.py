@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from datetime import timedelta
 
 import httpx
@@ -11,34 +10,15 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from connectors.outbox import (
-    add_subscription, dispatch_once, fan_out, make_event, pending_deliveries, replay,
-)
-from connectors.receiver import WebhookReceiver
-from connectors.webhooks import RetrySchedule, new_secret, signed_headers
+from connectors.dispatch import dispatch_once, fan_out
+from connectors.lifecycle import RetrySchedule
+from connectors.webhooks import add_subscription, new_secret, replay, signed_headers
+from services.cli.receiver import WebhookReceiver
 from services.db import session_scope
 from services.schema import WebhookDelivery, utcnow
+from tests.connectors.outbox import drain, emit_n, in_threads
 
 pytestmark = pytest.mark.services
-
-
-def _emit(db_url: str, n: int, type_: str = "job.succeeded") -> list[str]:
-    ids = []
-    with session_scope(db_url) as s:
-        for i in range(n):
-            ev = make_event(type_, {"n": i})
-            s.add(ev)
-            ids.append(ev.event_id)
-    return ids
-
-
-def _drain(db_url: str, schedule, rounds: int = 200, now=None) -> None:  # noqa: ANN001
-    for _ in range(rounds):
-        dispatch_once(db_url, schedule, timeout=5, now=now)
-        with session_scope(db_url) as s:
-            if pending_deliveries(s) == 0:
-                return
-    raise AssertionError("deliveries still pending")
 
 
 def test_signature_verifies_with_the_library_and_tampering_fails():
@@ -66,8 +46,8 @@ def test_fan_out_respects_event_types_and_inactive_subscriptions(db_url):
         add_subscription(s, "all", "http://127.0.0.1:9/a", ["*"])
         add_subscription(s, "fails-only", "http://127.0.0.1:9/b", ["job.failed"])
         add_subscription(s, "off", "http://127.0.0.1:9/c", ["*"]).active = False
-    _emit(db_url, 2, "job.succeeded")
-    _emit(db_url, 1, "job.failed")
+    emit_n(db_url, 2, "job.succeeded")
+    emit_n(db_url, 1, "job.failed")
     with session_scope(db_url) as s:
         assert fan_out(s) == 2 + 2
     with session_scope(db_url) as s:
@@ -79,9 +59,9 @@ def test_receiver_that_fails_then_recovers_gets_every_event_once(db_url):
     with WebhookReceiver() as rx:
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
-        ids = _emit(db_url, 5)
+        ids = emit_n(db_url, 5)
         rx.fail_next(7)  # the first round of 5 and two retries answer 500
-        _drain(db_url, RetrySchedule((0.0, 0.0, 0.0, 0.0), jitter=0.0))
+        drain(db_url, RetrySchedule((0.0, 0.0, 0.0, 0.0), jitter=0.0))
         assert sorted(e["webhook_id"] for e in rx.events()) == sorted(ids)
         assert rx.rejected == 0
         with session_scope(db_url) as s:
@@ -94,17 +74,17 @@ def test_dead_letter_after_schedule_then_replay_keeps_webhook_id(db_url):
     with WebhookReceiver() as rx:
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
-        (event_id,) = _emit(db_url, 1)
+        (event_id,) = emit_n(db_url, 1)
         rx.fail_next(1000)
         sched = RetrySchedule((0.0, 0.0), jitter=0.0)
-        _drain(db_url, sched)
+        drain(db_url, sched)
         with session_scope(db_url) as s:
             d = s.execute(select(WebhookDelivery)).scalar_one()
             assert (d.status, d.attempts, d.last_status_code) == ("dead", 3, 500)
         rx.fail_next(0)
         with session_scope(db_url) as s:
             assert replay(s, subscription="rx") == 1
-        _drain(db_url, sched)
+        drain(db_url, sched)
         assert [e["webhook_id"] for e in rx.events()] == [event_id]
         assert rx.hits == [event_id]
 
@@ -113,7 +93,7 @@ def test_next_attempt_waits_for_the_scheduled_time(db_url):
     with WebhookReceiver() as rx:
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
-        _emit(db_url, 1)
+        emit_n(db_url, 1)
         rx.fail_next(1)
         sched = RetrySchedule((300.0,), jitter=0.0)
         dispatch_once(db_url, sched, timeout=5)
@@ -131,23 +111,14 @@ def test_two_dispatchers_never_double_send(db_url):
     with WebhookReceiver() as rx:
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
-        ids = _emit(db_url, 60)
+        ids = emit_n(db_url, 60)
         sched = RetrySchedule((0.0,), jitter=0.0)
-        errors: list[BaseException] = []
 
         def run() -> None:
-            try:
-                for _ in range(50):
-                    dispatch_once(db_url, sched, timeout=5)
-            except BaseException as exc:  # noqa: BLE001
-                errors.append(exc)
+            for _ in range(50):
+                dispatch_once(db_url, sched, timeout=5)
 
-        threads = [threading.Thread(target=run) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors
+        in_threads(2, run)
         assert sorted(rx.hits) == sorted(ids)  # every event exactly once, before any dedupe
 
 

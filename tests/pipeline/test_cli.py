@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
-from connectors.receiver import WebhookReceiver
+from services.cli.receiver import WebhookReceiver
 from services.db import session_scope
 from services.queries import job_counts
 from tests import images

@@ -1,5 +1,5 @@
-"""More dispatcher behaviour: default schedule and jitter bounds, SQLite, replay filters, concurrent fan-out on
-PostgreSQL, subscription removal, a receiver outage window."""
+"""More dispatcher behaviour: default schedule and jitter bounds, the event envelope, one HTTP attempt, SQLite,
+replay filters, concurrent fan-out on PostgreSQL, subscription removal, a receiver outage window."""
 
 from __future__ import annotations
 
@@ -10,31 +10,17 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from connectors.outbox import (
-    add_subscription, dispatch_once, fan_out, list_subscriptions, make_event, pending_deliveries,
-    remove_subscription, replay,
+from connectors.dispatch import dispatch_once, fan_out, pending_deliveries, run_dispatcher
+from connectors.lifecycle import DEFAULT_DELAYS, RetrySchedule
+from connectors.webhooks import (
+    Attempt, WebhookSender, add_subscription, list_subscriptions, remove_subscription, replay,
 )
-from connectors.receiver import WebhookReceiver
-from connectors.webhooks import DEFAULT_DELAYS, RetrySchedule, send_once
+from services.cli.receiver import WebhookReceiver
 from services.db import session_scope
+from services.events import event_row
 from services.schema import OutboxEvent, WebhookDelivery, utcnow
-
-
-def _emit(url: str, n: int, type_: str = "job.succeeded") -> list[str]:
-    with session_scope(url) as s:
-        evs = [make_event(type_, {"n": i}) for i in range(n)]
-        s.add_all(evs)
-    return [e.event_id for e in evs]
-
-
-def _drain(url: str, schedule: RetrySchedule, deadline_s: float = 30.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        dispatch_once(url, schedule, timeout=5)
-        with session_scope(url) as s:
-            if pending_deliveries(s) == 0:
-                return
-    raise AssertionError("deliveries still pending")
+from tests.connectors.outbox import drain, emit_n, in_threads
+from tests.waiting import wait_for
 
 
 def test_default_schedule_is_svix_like_and_jitter_stays_in_bounds():
@@ -48,35 +34,36 @@ def test_default_schedule_is_svix_like_and_jitter_stays_in_bounds():
     assert sched.next_delay(0) is None
 
 
-def test_make_event_envelope():
-    ev = make_event("job.failed", {"job_id": 3, "reason": "bad image"}, job_id=None)
-    assert ev.event_id.startswith("msg_") and len(ev.event_id) == 4 + 32
-    assert ev.payload["type"] == "job.failed" and ev.payload["data"] == {"job_id": 3, "reason": "bad image"}
-    assert ev.payload["timestamp"].endswith("Z")
-    assert make_event("job.failed", {}).event_id != ev.event_id
+def test_event_row_envelope():
+    ev = event_row("job.failed", None, {"job_id": 3, "reason": "bad image"})
+    assert ev["event_id"].startswith("msg_") and len(ev["event_id"]) == 4 + 32
+    assert ev["payload"]["type"] == "job.failed" and ev["payload"]["data"] == {"job_id": 3, "reason": "bad image"}
+    assert ev["payload"]["timestamp"].endswith("Z")
+    assert event_row("job.failed", None, {})["event_id"] != ev["event_id"]
 
 
-def test_send_once_reports_status_and_connection_errors():
-    with WebhookReceiver() as rx:
-        assert send_once(rx.url, "msg_1", b'{"a":1}', rx.secret, 5) == (204, None)
+def test_send_reports_status_and_connection_errors():
+    with WebhookReceiver() as rx, WebhookSender() as sender:
+        assert sender.send(rx.url, "msg_1", b'{"a":1}', rx.secret, 5) == Attempt(204, None)
         rx.fail_next(1)
-        code, err = send_once(rx.url, "msg_2", b'{"a":1}', rx.secret, 5)
-        assert code == 500 and err is not None and err.startswith("HTTP 500")
+        failed = sender.send(rx.url, "msg_2", b'{"a":1}', rx.secret, 5)
+        assert failed.status_code == 500 and failed.error is not None and failed.error.startswith("HTTP 500")
         assert [e["webhook_id"] for e in rx.events()] == ["msg_1"]
         dead_url = rx.url
-    code, err = send_once(dead_url, "msg_3", b"{}", rx.secret, 2)  # receiver closed: connection refused
-    assert code is None and err and "Connect" in err
+    with WebhookSender() as sender:  # receiver closed: connection refused
+        refused = sender.send(dead_url, "msg_3", b"{}", rx.secret, 2)
+    assert refused.status_code is None and refused.error and "Connect" in refused.error
 
 
 def test_sqlite_fan_out_deliver_dead_letter_and_replay(sqlite_url):
     with WebhookReceiver() as rx:
         with session_scope(sqlite_url) as s:
             add_subscription(s, "rx", rx.url, ["job.succeeded"], rx.secret)
-        ids = _emit(sqlite_url, 3)
-        _emit(sqlite_url, 1, "job.failed")  # no subscriber for this type
+        ids = emit_n(sqlite_url, 3)
+        emit_n(sqlite_url, 1, "job.failed")  # no subscriber for this type
         rx.fail_next(1000)
         sched = RetrySchedule((0.0,), jitter=0.0)
-        _drain(sqlite_url, sched)
+        drain(sqlite_url, sched)
         with session_scope(sqlite_url) as s:
             rows = s.execute(select(WebhookDelivery)).scalars().all()
             assert sorted((r.status, r.attempts) for r in rows) == [("dead", 2)] * 3
@@ -84,7 +71,7 @@ def test_sqlite_fan_out_deliver_dead_letter_and_replay(sqlite_url):
         rx.fail_next(0)
         with session_scope(sqlite_url) as s:
             assert replay(s) == 3
-        _drain(sqlite_url, sched)
+        drain(sqlite_url, sched)
         assert sorted(rx.hits) == sorted(ids)
         with session_scope(sqlite_url) as s:
             assert {r.status for r in s.execute(select(WebhookDelivery)).scalars()} == {"delivered"}
@@ -96,15 +83,15 @@ def test_replay_filters_by_event_ids_status_and_since(db_url):
         with session_scope(db_url) as s:
             add_subscription(s, "a", rx.url, ["*"], rx.secret)
             add_subscription(s, "b", rx.url, ["*"], rx.secret)
-        ids = _emit(db_url, 3)
-        _drain(db_url, RetrySchedule((0.0,), jitter=0.0))
+        ids = emit_n(db_url, 3)
+        drain(db_url, RetrySchedule((0.0,), jitter=0.0))
         assert len(rx.hits) == 6  # two subscriptions, same webhook-id each: the receiver sees duplicates
         assert sorted({e["webhook_id"] for e in rx.events()}) == sorted(ids)
         with session_scope(db_url) as s:
             assert replay(s) == 0  # nothing dead
             assert replay(s, event_ids=[ids[0]], status=("delivered",), subscription="a") == 1
             assert replay(s, since=utcnow(), status=("delivered",)) == 0
-        _drain(db_url, RetrySchedule((0.0,), jitter=0.0))
+        drain(db_url, RetrySchedule((0.0,), jitter=0.0))
         assert rx.hits.count(ids[0]) == 3 and len(rx.hits) == 7
         with session_scope(db_url) as s:
             attempts = sorted(s.execute(select(WebhookDelivery.attempts)).scalars())
@@ -116,29 +103,20 @@ def test_concurrent_fan_out_creates_each_delivery_once(db_url):
     with session_scope(db_url) as s:
         add_subscription(s, "x", "http://127.0.0.1:9/x", ["*"])
         add_subscription(s, "y", "http://127.0.0.1:9/y", ["job.succeeded"])
-    _emit(db_url, 150)
+    emit_n(db_url, 150)
     created: list[int] = []
-    errors: list[BaseException] = []
 
     def run() -> None:
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                with session_scope(db_url) as s:
-                    created.append(fan_out(s, limit=20))
-                    left = s.scalar(select(func.count()).select_from(OutboxEvent)
-                                    .where(OutboxEvent.dispatched_at.is_(None)))
-                if not left:
-                    return
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with session_scope(db_url) as s:
+                created.append(fan_out(s, limit=20))
+                left = s.scalar(select(func.count()).select_from(OutboxEvent)
+                                .where(OutboxEvent.dispatched_at.is_(None)))
+            if not left:
+                return
 
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    in_threads(3, run)
     assert sum(created) == 300
     with session_scope(db_url) as s:
         assert s.scalar(select(func.count()).select_from(WebhookDelivery)) == 300
@@ -153,9 +131,9 @@ def test_outage_window_then_recovery_and_inactive_subscription(db_url):
             assert [x.name for x in list_subscriptions(s)] == ["gone", "rx"]
         with session_scope(db_url) as s:
             assert remove_subscription(s, "gone") and not remove_subscription(s, "gone")
-        ids = _emit(db_url, 4)
+        ids = emit_n(db_url, 4)
         rx.fail_for(1.5)  # the first attempts fall inside the window even on a loaded machine
-        _drain(db_url, RetrySchedule((0.05,) * 200, jitter=0.5))
+        drain(db_url, RetrySchedule((0.05,) * 200, jitter=0.5))
         assert sorted(e["webhook_id"] for e in rx.events()) == sorted(ids)
         with session_scope(db_url) as s:
             rows = s.execute(select(WebhookDelivery)).scalars().all()
@@ -164,8 +142,6 @@ def test_outage_window_then_recovery_and_inactive_subscription(db_url):
 
 @pytest.mark.services
 def test_run_dispatcher_loop_delivers_until_stopped(db_url):
-    from connectors.outbox import run_dispatcher
-
     with WebhookReceiver() as rx:
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
@@ -173,10 +149,8 @@ def test_run_dispatcher_loop_delivers_until_stopped(db_url):
         t = threading.Thread(target=run_dispatcher, args=(db_url, (0.0,), 5.0, stop), kwargs={"poll_interval": 0.05})
         t.start()
         try:
-            ids = _emit(db_url, 5)  # emitted while the loop runs: picked up on a later poll
-            deadline = time.monotonic() + 20
-            while len(rx.events()) < 5 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            ids = emit_n(db_url, 5)  # emitted while the loop runs: picked up on a later poll
+            wait_for(lambda: len(rx.events()) >= 5, 20, "the loop to deliver five events")
         finally:
             stop.set()
             t.join(10)
@@ -191,7 +165,7 @@ def test_paused_subscription_holds_its_deliveries_until_resumed(db_url):
     with WebhookReceiver() as rx:
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
-        ids = _emit(db_url, 2)
+        ids = emit_n(db_url, 2)
         with session_scope(db_url) as s:
             assert fan_out(s) == 2
             s.execute(select(WebhookSubscription)).scalar_one().active = False
@@ -201,7 +175,7 @@ def test_paused_subscription_holds_its_deliveries_until_resumed(db_url):
             assert pending_deliveries(s) == 0  # a drain loop does not wait on a paused subscription
         with session_scope(db_url) as s:
             s.execute(select(WebhookSubscription)).scalar_one().active = True
-        _drain(db_url, RetrySchedule((0.0,), jitter=0.0))
+        drain(db_url, RetrySchedule((0.0,), jitter=0.0))
         assert sorted(rx.hits) == sorted(ids)
 
 
@@ -220,3 +194,36 @@ def test_signature_header_is_hmac_sha256_of_id_timestamp_body():
     assert h["webhook-id"] == "msg_1" and h["webhook-timestamp"] == "1767323045"
     mac = hmac.new(base64.b64decode(secret[6:]), b"msg_1.1767323045." + body, hashlib.sha256).digest()
     assert h["webhook-signature"] == "v1," + base64.b64encode(mac).decode()
+
+
+def test_a_redirect_is_a_failed_attempt_and_url_credentials_become_basic_auth():
+    import base64
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, str]] = []  # (path, authorization) of every request
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            seen.append((self.path, self.headers.get("authorization", "")))
+            self.send_response(302)
+            self.send_header("location", "/elsewhere")
+            self.send_header("content-length", "5")
+            self.end_headers()
+            self.wfile.write(b"moved")
+
+        def log_message(self, *args) -> None:  # noqa: ANN002
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with WebhookSender() as sender:
+            a = sender.send(f"http://hook%20user:p%40ss@127.0.0.1:{server.server_address[1]}/in", "msg_1", b"{}",
+                            "whsec_" + base64.b64encode(b"k" * 24).decode(), 5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert a.status_code == 302 and a.error == "HTTP 302: moved"
+    assert seen == [("/in", "Basic " + base64.b64encode(b"hook user:p@ss").decode())]  # not followed

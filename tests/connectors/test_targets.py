@@ -1,14 +1,13 @@
-"""Connector delivery outcomes against real databases: a target that is down means retry (nothing lost, catches
-up later); a target that rejects one event's rows dead-letters that event with the database's message."""
+"""A batch's outcome against real databases: a target that is down means retry (nothing lost, catches up
+later); a target that rejects one event's rows dead-letters that event with the database's message."""
 
 from __future__ import annotations
-
 
 import pytest
 from sqlalchemy import func, select
 
-from connectors.base import deliver_batch
 from connectors.inventory import InventoryConnector, observations, stock
+from connectors.targets import deliver_batch
 from tests.connectors.tcpproxy import closed_port
 from tests.connectors.test_inventory import _payload
 

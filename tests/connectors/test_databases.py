@@ -11,13 +11,14 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from connectors.delivery import replay, status, sync_connectors
+from connectors.databases import replay, status, sync_connectors
+from connectors.dispatch import dispatch_once, fan_out
 from connectors.inventory import InventoryConnector, Location
-from connectors.outbox import dispatch_once, fan_out, make_event, pending_deliveries
-from connectors.webhooks import RetrySchedule
+from connectors.lifecycle import RetrySchedule
 from services.db import session_scope
 from services.schema import ConnectorDelivery, utcnow
-from tests.connectors.tcpproxy import TcpProxy
+from tests.connectors.outbox import drain, emit
+from tests.connectors.tcpproxy import TcpProxy, closed_port
 
 pytestmark = pytest.mark.services
 
@@ -54,22 +55,6 @@ def _data(image_id: int, code: str, minute: int = 0) -> dict:
             "job": {"id": image_id}}
 
 
-def _emit(db_url: str, items: list[tuple[str, dict]]) -> list[str]:
-    with session_scope(db_url) as s:
-        events = [make_event(t, d) for t, d in items]
-        s.add_all(events)
-    return [e.event_id for e in events]
-
-
-def _drain(db_url: str, connectors: dict, rounds: int = 50) -> None:
-    for _ in range(rounds):
-        dispatch_once(db_url, FAST, timeout=5, connectors=connectors)
-        with session_scope(db_url) as s:
-            if pending_deliveries(s) == 0:
-                return
-    raise AssertionError("connector deliveries still pending")
-
-
 def _behind_proxy(url: str) -> tuple[TcpProxy, InventoryConnector]:
     """A connector whose target is reached through a proxy the test takes down and brings back (not started)."""
     real = make_url(url)
@@ -97,10 +82,10 @@ def test_events_reach_the_target_once_and_replay_changes_nothing(db_url: str, ta
     _clean(target_url)
     with session_scope(db_url) as s:
         sync_connectors(s, {"inv": "inventory"})
-    _emit(db_url, [("job.succeeded", _data(1, "0001", 1)), ("job.succeeded", _data(2, "0002", 2)),
+    emit(db_url, [("job.succeeded", _data(1, "0001", 1)), ("job.succeeded", _data(2, "0002", 2)),
                    ("job.failed", {"image": {"id": 3}, "job": {"id": 3, "error": "bad"}})])
     conn = _inventory(target_url)
-    _drain(db_url, {"inv": conn})
+    drain(db_url, FAST, {"inv": conn})
     assert _states(db_url) == {"delivered": 2}  # job.failed makes no connector delivery
     obs, stock = _rows(target_url)
     assert [(r[0], r[2], r[5]) for r in obs] == [(1, "0001", "S1"), (2, "0002", "S1")]
@@ -109,7 +94,7 @@ def test_events_reach_the_target_once_and_replay_changes_nothing(db_url: str, ta
     t0 = utcnow() - timedelta(hours=1)
     with session_scope(db_url) as s:
         assert replay(s, since=t0) == 2
-    _drain(db_url, {"inv": conn})
+    drain(db_url, FAST, {"inv": conn})
     assert _rows(target_url) == (obs, stock)  # re-delivered, nothing changed
     with session_scope(db_url) as s:
         [st] = status(s)
@@ -123,7 +108,7 @@ def test_target_down_then_back_loses_nothing_and_a_rejected_event_dead_letters(d
     proxy, conn = _behind_proxy(target_url)
     with session_scope(db_url) as s:
         sync_connectors(s, {"inv": "inventory"})
-    ids = _emit(db_url, [("job.succeeded", _data(i, f"{i:04d}", i)) for i in range(1, 6)]
+    ids = emit(db_url, [("job.succeeded", _data(i, f"{i:04d}", i)) for i in range(1, 6)]
                 + [("job.succeeded", _data(9, "X" * 300, 9))])  # longer than the code column: rejected
     sched = RetrySchedule((0.0,) * 20, jitter=0.0)
     for _ in range(3):  # the target is down: every round fails to connect, nothing is lost
@@ -138,7 +123,7 @@ def test_target_down_then_back_loses_nothing_and_a_rejected_event_dead_letters(d
 
     proxy.start()  # the database is back
     try:
-        _drain(db_url, {"inv": conn})
+        drain(db_url, FAST, {"inv": conn})
         with session_scope(db_url) as s:
             dead = s.execute(select(ConnectorDelivery).where(ConnectorDelivery.status == "dead")).scalars().all()
             [st] = status(s)
@@ -150,11 +135,11 @@ def test_target_down_then_back_loses_nothing_and_a_rejected_event_dead_letters(d
 
         # Down in the middle of normal operation: open connections are cut, the next round retries.
         proxy.stop()
-        _emit(db_url, [("job.succeeded", _data(6, "0006", 6))])
+        emit(db_url, [("job.succeeded", _data(6, "0006", 6))])
         c = dispatch_once(db_url, sched, timeout=5, connectors={"inv": conn})
         assert c.retrying == 1 and c.delivered == 0
         proxy.start()
-        _drain(db_url, {"inv": conn})
+        drain(db_url, FAST, {"inv": conn})
         obs, _ = _rows(target_url)
         assert sorted(r[2] for r in obs) == [f"{i:04d}" for i in range(1, 7)]
     finally:
@@ -168,7 +153,7 @@ def test_schedule_exhausted_while_down_dead_letters_and_replay_recovers(db_url: 
     with session_scope(db_url) as s:
         sync_connectors(s, {"inv": "inventory"})
     t0 = utcnow() - timedelta(seconds=1)
-    _emit(db_url, [("job.succeeded", _data(1, "0001")), ("job.succeeded", _data(2, "0002"))])
+    emit(db_url, [("job.succeeded", _data(1, "0001")), ("job.succeeded", _data(2, "0002"))])
     two = RetrySchedule((0.0,), jitter=0.0)  # one retry, then dead
     dispatch_once(db_url, two, timeout=5, connectors={"inv": conn})
     c = dispatch_once(db_url, two, timeout=5, connectors={"inv": conn})
@@ -177,7 +162,7 @@ def test_schedule_exhausted_while_down_dead_letters_and_replay_recovers(db_url: 
     try:
         with session_scope(db_url) as s:
             assert replay(s, since=t0, status=("dead",)) == 2
-        _drain(db_url, {"inv": conn})
+        drain(db_url, FAST, {"inv": conn})
         assert _states(db_url) == {"delivered": 2}
         assert len(_rows(target_url)[0]) == 2
     finally:
@@ -189,7 +174,7 @@ def test_connector_added_later_gets_earlier_events_by_replay_and_a_removed_one_g
         db_url: str, target_url: str) -> None:
     _clean(target_url)
     t0 = utcnow() - timedelta(seconds=1)
-    _emit(db_url, [("job.succeeded", _data(1, "0001")), ("job.succeeded", _data(2, "0002"))])
+    emit(db_url, [("job.succeeded", _data(1, "0001")), ("job.succeeded", _data(2, "0002"))])
     with session_scope(db_url) as s:
         fan_out(s)  # no connector yet: the events are dispatched without connector deliveries
     assert _states(db_url) == {}
@@ -198,12 +183,12 @@ def test_connector_added_later_gets_earlier_events_by_replay_and_a_removed_one_g
         assert replay(s, since=t0) == 2
         assert replay(s, since=utcnow() + timedelta(hours=1)) == 0  # nothing since then
     conn = _inventory(target_url)
-    _drain(db_url, {"inv": conn})
+    drain(db_url, FAST, {"inv": conn})
     assert [r[2] for r in _rows(target_url)[0]] == ["0001", "0002"]
 
     with session_scope(db_url) as s:
         sync_connectors(s, {})  # removed from the YAML file: history kept, no new deliveries
-    _emit(db_url, [("job.succeeded", _data(3, "0003"))])
+    emit(db_url, [("job.succeeded", _data(3, "0003"))])
     dispatch_once(db_url, FAST, timeout=5, connectors={})
     with session_scope(db_url) as s:
         [st] = status(s)
@@ -252,9 +237,9 @@ def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str,
     with session_scope(db_url) as s:
         sync_connectors(s, {"guard": "security"})
     # Frame 1: forklift in the door zone. Frame 2: again, 10 s later (cool-down). Frame 3: outside the zone.
-    _emit(db_url, [("job.succeeded", frame(2, 10, 20.0)), ("job.succeeded", frame(1, 0, 20.0)),
+    emit(db_url, [("job.succeeded", frame(2, 10, 20.0)), ("job.succeeded", frame(1, 0, 20.0)),
                    ("job.succeeded", frame(3, 5, 150.0))])
-    _drain(db_url, {"guard": guard})
+    drain(db_url, FAST, {"guard": guard})
     assert _states(db_url) == {"delivered": 3}
     with guard.engine.connect() as conn:
         rows = conn.execute(text("SELECT rule, zone, label, image_id, severity, image_key, snapshot_url "
@@ -268,7 +253,6 @@ def test_security_connector_from_the_yaml_file_runs_from_the_outbox(db_url: str,
 
 def test_check_names_what_is_wrong_with_a_target(pg_url: str) -> None:
     from connectors.health import check_target
-    from tests.connectors.tcpproxy import closed_port
 
     admin = create_engine(pg_url)
     with admin.begin() as conn:

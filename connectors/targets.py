@@ -1,4 +1,5 @@
-"""The connector interface and error classification used by delivery.
+"""What a database connector is: a target database of its own, written with idempotent upserts, and the sorting
+of a batch's outcome into delivered, retry and dead.
 
 A connector ``apply``s a batch of ``(event_id, payload)`` pairs in one transaction of its target database.
 :func:`deliver_batch` runs a batch and sorts the outcome per event: ``delivered``; ``retry`` when the target
@@ -12,10 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, ClassVar, Optional, Protocol, Sequence
 
-from sqlalchemy import Table, case
-from sqlalchemy.engine import Connection
+from sqlalchemy import MetaData, Table, case, create_engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 
@@ -27,15 +28,34 @@ class Connector(Protocol):
     def apply(self, events: Sequence[tuple[str, dict[str, Any]]]) -> Any: ...
 
 
-@dataclass
-class BatchOutcome:
-    delivered: list[str] = field(default_factory=list)
-    retry: dict[str, str] = field(default_factory=dict)
-    dead: dict[str, str] = field(default_factory=dict)
+def connect_args(timeout: float = 10.0) -> dict[str, object]:
+    """Driver options that bound the time to connect (psycopg and PyMySQL both take ``connect_timeout``)."""
+    return {"connect_timeout": max(1, int(round(timeout)))}
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+def target_engine(url: str) -> Engine:
+    """The engine a connector writes with: a bounded connect, so a target that does not answer is a retry,
+    not a hung dispatcher; stale pooled connections are replaced."""
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args())
+
+
+class TargetDatabase:
+    """What a connector with a database of its own shares: an engine made on first use (``target_engine``) and
+    ``migrate``, which creates the connector's ``tables`` (idempotent). Subclasses set ``url`` and ``tables``."""
+
+    url: str
+    tables: ClassVar[MetaData]
+    _engine: Optional[Engine] = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = target_engine(self.url)
+        return self._engine
+
+    def migrate(self) -> None:
+        """Create the target tables (idempotent)."""
+        self.tables.create_all(self.engine)
 
 
 def event_time(payload: dict[str, Any]) -> datetime:
@@ -48,15 +68,15 @@ def event_time(payload: dict[str, Any]) -> datetime:
     return _parse_time(payload["timestamp"])
 
 
-def _unreachable(e: DBAPIError) -> bool:
-    """Connection-level failure (retry) rather than a rejection of the rows (dead-letter)."""
-    if not isinstance(e, (OperationalError, InterfaceError)):
-        return False
-    # MySQL/MariaDB: server error codes 1000-1999 (e.g. 1406 "Data too long") are rejections even when the
-    # driver raises them as OperationalError; client codes 2000+ (2003 refused, 2006/2013 gone) are not.
-    args = getattr(e.orig, "args", ())
-    code = args[0] if args else None
-    return not (isinstance(code, int) and 1000 <= code < 2000)
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+
+
+@dataclass
+class BatchOutcome:
+    delivered: list[str] = field(default_factory=list)
+    retry: dict[str, str] = field(default_factory=dict)  # event id -> why
+    dead: dict[str, str] = field(default_factory=dict)  # event id -> the database's message
 
 
 def deliver_batch(connector: Connector, events: Sequence[tuple[str, dict[str, Any]]]) -> BatchOutcome:
@@ -78,8 +98,18 @@ def deliver_batch(connector: Connector, events: Sequence[tuple[str, dict[str, An
     return out
 
 
-def upsert(conn: Connection, table: Table, rows: list[dict], batched: bool,
-            newer: Optional[str]) -> None:
+def _unreachable(e: DBAPIError) -> bool:
+    """Connection-level failure (retry) rather than a rejection of the rows (dead-letter)."""
+    if not isinstance(e, (OperationalError, InterfaceError)):
+        return False
+    # MySQL/MariaDB: server error codes 1000-1999 (e.g. 1406 "Data too long") are rejections even when the
+    # driver raises them as OperationalError; client codes 2000+ (2003 refused, 2006/2013 gone) are not.
+    args = getattr(e.orig, "args", ())
+    code = args[0] if args else None
+    return not (isinstance(code, int) and 1000 <= code < 2000)
+
+
+def upsert(conn: Connection, table: Table, rows: list[dict], batched: bool, newer: Optional[str]) -> None:
     """Dialect upsert. With ``newer`` the existing row is replaced only when that column grows."""
     if not rows:
         return
@@ -92,9 +122,7 @@ def upsert(conn: Connection, table: Table, rows: list[dict], batched: bool,
             from sqlalchemy.dialects.postgresql import insert
             stmt = insert(table).values(chunk)
             ex = stmt.excluded
-            where = None
-            if newer is not None:
-                where = table.c[newer] < ex[newer]
+            where = table.c[newer] < ex[newer] if newer is not None else None
             stmt = stmt.on_conflict_do_update(index_elements=sorted(keys), set_={c: ex[c] for c in cols},
                                               where=where)
         elif dialect in ("mysql", "mariadb"):

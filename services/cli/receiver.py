@@ -96,7 +96,7 @@ class WebhookReceiver:
 
 
 def main() -> None:
-    """``python -m connectors.receiver [--port P] [--secret whsec_...]``: a verifying receiver for trying
+    """``python -m services.cli.receiver [--port P] [--secret whsec_...]``: a verifying receiver for trying
     subscriptions out; prints its URL and secret, and the count of verified events when stopped (SIGTERM)."""
     import argparse
     import signal
