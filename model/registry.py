@@ -1,4 +1,4 @@
-"""Analyzers by the names profiles use: ``barcode``, ``ocr`` (CPU) and ``vl2-ground``, ``vl2-ocr``
+"""Analyzers by the names profiles use: ``barcode``, ``ocr`` (CPU) and ``vl2-ground``, ``vl2-ocr``, ``vl2-ask``
 (DeepSeek-VL2, imported only when asked for, so CPU-only workers never import torch through here)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from model.analyzers import Analyzer, AnalyzerUnavailable
 
-ANALYZER_NAMES = ("barcode", "ocr", "vl2-ground", "vl2-ocr")
+ANALYZER_NAMES = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")
 
 _CPU_OPTIONS = {
     "barcode": ("try_rotate", "try_downscale", "try_invert"),
