@@ -37,16 +37,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def check_severity(v: str) -> str:
-    if v not in SEVERITIES:
-        raise ValueError(f"unknown severity {v!r} (known: {', '.join(SEVERITIES)})")
+def one_of(what: str, v: Any, known: tuple[str, ...]) -> Any:
+    """``v`` when it is one of ``known``; else the error every field of this kind gives."""
+    if v not in known:
+        raise ValueError(f"unknown {what} {v!r} (known: {', '.join(known)})")
     return v
+
+
+def check_severity(v: str) -> str:
+    return one_of("severity", v, SEVERITIES)
 
 
 def check_dtype(v: Optional[str]) -> Optional[str]:
-    if v is not None and v not in VL2_DTYPES:
-        raise ValueError(f"unknown dtype {v!r} (known: {', '.join(VL2_DTYPES)})")
-    return v
+    return v if v is None else one_of("dtype", v, VL2_DTYPES)
 
 
 class CheckConfig(_Strict):
@@ -61,9 +64,7 @@ class CheckConfig(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in KINDS:
-            raise ValueError(f"unknown kind {v!r} (known: {', '.join(KINDS)})")
-        return v
+        return one_of("kind", v, KINDS)
 
     @field_validator("choices")
     @classmethod

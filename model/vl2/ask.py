@@ -97,7 +97,7 @@ class CheckAnswer:
 class VL2AskAnalyzer(VL2Analyzer):
     """``vl2-ask`` over ``checks``; shares the checkpoint (and ``lineage``) of the other VL2 analyzers."""
 
-    def __init__(self, options: VL2Options, checks: Sequence[Check]) -> None:  # noqa: D107 - no VL2Analyzer init
+    def __init__(self, options: VL2Options, checks: Sequence[Check]) -> None:  # not VL2Analyzer's (ground/ocr)
         if not checks:
             raise ValueError("vl2-ask needs at least one check")
         names = [c.name for c in checks]

@@ -28,7 +28,7 @@ CHECKS = [
 
 def _ask(ckpt: Path, **extra: object) -> VL2AskAnalyzer:
     return build_vl2_analyzer("vl2-ask", {"checkpoint": str(ckpt), "device": "cpu", "dtype": "float32",
-                                          "checks": CHECKS, "max_new_tokens": 12, **extra})
+                                          "checks": CHECKS, "max_new_tokens": 12} | extra)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def scripted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_one_vision_pass_per_image_for_all_checks(random_dir: Path) -> None:
     """Three images, two with a previous image (one of them an image of the batch itself): the vision tower runs
     once, on the tiles of the four distinct images -- not once per prompt."""
-    an = _ask(random_dir, images_per_batch=8)
+    an = _ask(random_dir, images_per_batch=8, max_new_tokens=3)
     calls: list[int] = []
     hook = an.model.vision.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     try:
@@ -65,7 +65,7 @@ def test_one_vision_pass_per_image_for_all_checks(random_dir: Path) -> None:
 
 
 def test_answers_are_the_same_batched_or_alone(random_dir: Path) -> None:
-    an = _ask(random_dir, images_per_batch=4)
+    an = _ask(random_dir, images_per_batch=4, max_new_tokens=4)
     images = [Image.new("RGB", (60, 40), (200, 0, 0)), Image.new("RGB", (30, 90), (0, 0, 200))]
     together = an.analyze(images, previous=[images[1], None])
     alone = [an.analyze([images[0]], previous=[images[1]])[0], an.analyze([images[1]])[0]]

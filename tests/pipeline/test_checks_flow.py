@@ -11,6 +11,7 @@ failed), a choice among red/green (unparsed: neither passes nor fails, no event)
 from __future__ import annotations
 
 import io
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -194,6 +195,10 @@ def test_checks_through_a_gpu_worker(app_env, db_url, send_job, start_worker, ch
         assert {a["id"] for d in succeeded for a in d["answers"]} == {r.id for r in rows}
         failed_rows = {(r.job_id, r.check_name): r.id for r in rows if r.passed is False}
         assert set(failed_rows) == {(j, c) for j in job_ids for c in FAILING}
+
+    shown = json.loads(vlwatch(full_env, "results", "dock/cam-1/0001.png", "--json").stdout)
+    assert {a["check_name"]: a["status"] for a in shown["answers"]}["light"] == "unparsed"
+    assert {a["check_name"]: a["paired_image_id"] for a in shown["answers"]}["pallet-moved"] == image_ids[0]
 
     def delivered() -> bool:
         vlwatch(full_env, "dispatch")
