@@ -100,16 +100,16 @@ def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
                     found[kind].extend(extra | r for r in result.detections.to_rows())
                 for kind, rows in found.items():
                     results[kind].extend({"job_id": job.id, "image_id": job.image_id} | r for r in rows)
-                mine_answers = _answers(w, job, {"image": image, "job": {"id": job.id, "profile": job.profile}})
-                for a in mine_answers:
+                job_answers = _answers(w, job, {"image": image, "job": {"id": job.id, "profile": job.profile}})
+                for a in job_answers:
                     found["objects"].extend(p for _, p in a.objects)
                     results["objects"].extend(t for t, _ in a.objects)
-                answers += mine_answers
+                answers += job_answers
                 lineage = [_lineage(r, w) for r in w.results]
                 job_row.update(status=JobStatus.succeeded.value, error=None, lineage=lineage)
                 events.append(event_row(JOB_SUCCEEDED, job.id, {
                     "version": PAYLOAD_VERSION, "image": image, "results": found,
-                    "answers": [a.payload for a in mine_answers],
+                    "answers": [a.payload for a in job_answers],
                     "job": job_data | {"timings": timings, "lineage": lineage, "notes": list(d.notes)}}))
                 outcomes.append(Outcome(w.job_id, "succeeded"))
             job_rows.append(job_row)

@@ -49,7 +49,14 @@ def _analysed(db_url: str, job_id: int, data: bytes) -> Work:
     return w
 
 
-def test_grounded_answer_boxes_link_to_their_answer(runtime, db_url):  # noqa: ANN001
+@pytest.fixture(params=["pg", "sqlite"])
+def any_db(request) -> str:  # noqa: ANN001
+    """PostgreSQL, and SQLite (the embedded default: RETURNING of many rows must hold there too)."""
+    return request.getfixturevalue("db_url" if request.param == "pg" else "sqlite_url")
+
+
+def test_grounded_answer_boxes_link_to_their_answer(runtime, any_db):  # noqa: ANN001
+    db_url = any_db
     data = _png()
     info = runtime.store.put("yard/grounded.png", data, content_type="image/png")
     (reg,) = register_and_send(db_url, runtime.config, runtime.store.bucket, [info], lambda ids, queue: None)
