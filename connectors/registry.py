@@ -21,7 +21,7 @@ def build_connector(name: str, config: AppConfig, store: Optional[Any] = None) -
     rules = [Rule(name=r, labels=config.rules[r].labels, zones=config.rules[r].zones,
                   windows=tuple(parse_window(w) for w in config.rules[r].windows),
                   min_score=config.rules[r].min_score, cooldown_s=config.rules[r].cooldown_seconds,
-                  severity=config.rules[r].severity)
+                  severity=config.rules[r].severity, checks=config.rules[r].checks)
              for r in rule_names]
     used = {z for r in rules for z in r.zones}
     zones = [Zone(name=z, source=config.zones[z].source, points=config.zones[z].points,

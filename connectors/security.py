@@ -6,6 +6,10 @@ box lies inside the zone polygon (even-odd rule; normalised zone points are scal
 A rule matches when the label is one of its labels, the zone is one of its zones, score >= ``min_score`` and the
 capture time, in the site's time zone, lies in one of its windows (a window may cross midnight).
 
+Checks: a rule that names checks also matches every answer in the payload's ``answers`` whose expectation did not
+hold (``passed`` false) in its windows, whatever the source: an event with zone ``""``, label = the check's name,
+box ``""``, score = the answer's confidence and the check's own severity; the cool-down works as for labels.
+
 Writes: ``security_events`` keyed by (rule, zone, dedupe_key). With ``cooldown_s > 0`` time is cut into slots of
 ``cooldown_s`` seconds (slot = floor(UTC epoch of the capture / cooldown_s)) and ``dedupe_key`` is
 ``"<label>|<slot>"``: per (rule, zone, label, slot) one event is kept, the earliest by the total order
@@ -81,6 +85,7 @@ class Rule:
     min_score: float = 0.0
     cooldown_s: float = 0.0
     severity: str = "warning"
+    checks: Sequence[str] = ()  # failed checks that raise an event (no zone: a check is about the whole image)
 
 
 _ORIGIN = datetime(1, 1, 1, tzinfo=timezone.utc)
@@ -144,6 +149,15 @@ class SecurityConnector(TargetDatabase):
                                     "image_id": int(image["id"]), "box": box_s, "score": r.get("score"),
                                     "severity": rule.severity, "captured_at": captured,
                                     "image_key": image.get("key")})
+            for a in data.get("answers") or ():
+                if a.get("passed") is not False or a.get("check_name") not in rule.checks:
+                    continue
+                slot = _slot(captured, rule.cooldown_s)
+                name = a["check_name"]
+                out.append({"rule": rule.name, "zone": "", "label": name, "image_id": int(image["id"]), "box": "",
+                            "dedupe_key": f"{name}|{slot}" if slot is not None else f"{name}|{int(image['id'])}|",
+                            "score": a.get("confidence"), "severity": a.get("severity") or rule.severity,
+                            "captured_at": captured, "image_key": image.get("key")})
         return out
 
     def apply(self, batch: Sequence[tuple[str, dict[str, Any]]]) -> int:

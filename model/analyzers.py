@@ -35,10 +35,12 @@ class Lineage:
 
 @dataclass(frozen=True)
 class AnalyzerResult:
-    """One analyzer's output for one image."""
+    """One analyzer's output for one image: its detections and, for ``vl2-ask``, its answers to the profile's
+    checks (``model.vl2.ask.CheckAnswer``, in check order)."""
 
     detections: Detections
     lineage: Lineage
+    answers: tuple[Any, ...] = ()
 
 
 class AnalyzerUnavailable(RuntimeError):

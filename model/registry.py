@@ -1,4 +1,4 @@
-"""Analyzers by the names profiles use: ``barcode``, ``ocr`` (CPU) and ``vl2-ground``, ``vl2-ocr``
+"""Analyzers by the names profiles use: ``barcode``, ``ocr`` (CPU) and ``vl2-ground``, ``vl2-ocr``, ``vl2-ask``
 (DeepSeek-VL2, imported only when asked for, so CPU-only workers never import torch through here)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 from model.analyzers import Analyzer, AnalyzerUnavailable
 
-ANALYZER_NAMES = ("barcode", "ocr", "vl2-ground", "vl2-ocr")
+ANALYZER_NAMES = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")
 
 _CPU_OPTIONS = {
     "barcode": ("try_rotate", "try_downscale", "try_invert"),
@@ -38,8 +38,11 @@ def build_analyzer(name: str, options: dict[str, Any] | None = None) -> Analyzer
 
         return OcrAnalyzer(**opts)
     try:
-        from model.vl2.analyzer import build_vl2_analyzer
+        if name == "vl2-ask":
+            from model.vl2.ask import build_ask_analyzer as build
+        else:
+            from model.vl2.analyzer import build_vl2_analyzer as build
     except ImportError as e:
         raise AnalyzerUnavailable(f"{name}: the DeepSeek-VL2 code cannot be imported here ({e}); "
                                   "install the GPU worker dependencies (torch)") from e
-    return build_vl2_analyzer(name, opts)
+    return build(name, opts)

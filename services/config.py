@@ -3,7 +3,8 @@
 ```yaml
 profiles:
   shelf: {analyzers: [barcode, ocr]}
-  dock:  {analyzers: [vl2-ground], phrases: [pallet, forklift, person]}
+  dock:  {analyzers: [vl2-ground], phrases: [pallet, forklift, person],
+          checks: {fire-exit-clear: {question: "Is the fire exit blocked?", kind: yes_no, expect: "no"}}}
 sources:
   aisle-7: {prefix: "aisle-7/", profile: shelf}
 webhooks:
@@ -15,17 +16,20 @@ zones:                          # polygons per source, pixels or normalised 0..1
 rules:
   forklift-at-night: {labels: [forklift], zones: [dock-door], windows: ["22:00-06:00"],
                       min_score: 0.5, cooldown_seconds: 300, severity: high}
+  exit-blocked: {checks: [fire-exit-clear]}   # a failed check: an event with the check's severity
 connectors:
   stock: {kind: inventory, url: "postgresql+psycopg://inv@db/inventory", sku_patterns: ["SKU-(\\d{6})"]}
   guard: {kind: security, url: "mysql+pymysql://sec@db/security", timezone: Europe/Berlin}
 ```
-Errors name the field: ``profiles.dock.analyzers[0]: unknown analyzer 'vl3'``.
+Errors name the field: ``profiles.dock.analyzers[0]: unknown analyzer 'vl3'``. A profile's ``checks`` and ``vl2``
+settings are described in ``services.config_checks``. (Longer than most modules: it is the one schema of the file,
+read top-down, with the cross-references checked in one place.)
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import re
 from datetime import time
@@ -33,9 +37,12 @@ from datetime import time
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ANALYZERS = ("barcode", "ocr", "vl2-ground", "vl2-ocr")  # model.registry.ANALYZER_NAMES, without importing model/
-GPU_ANALYZERS = ("vl2-ground", "vl2-ocr")
-EVENT_TYPES = ("job.succeeded", "job.failed")
+from services.config_checks import SEVERITIES, CheckConfig, VL2Settings, check_severity, checks_field
+
+# model.registry.ANALYZER_NAMES, without importing model.registry (it would import the engines)
+ANALYZERS = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")
+GPU_ANALYZERS = ("vl2-ground", "vl2-ocr", "vl2-ask")
+EVENT_TYPES = ("job.succeeded", "job.failed", "check.failed")  # services.events.EVENT_TYPES
 
 
 class ConfigError(ValueError):
@@ -49,7 +56,24 @@ class _Strict(BaseModel):
 class Profile(_Strict):
     analyzers: tuple[str, ...] = Field(min_length=1)
     phrases: tuple[str, ...] = ()  # grounding prompts for vl2-ground
+    checks: dict[str, CheckConfig] = Field(default_factory=dict)  # questions for vl2-ask
+    vl2: VL2Settings = Field(default_factory=VL2Settings)
     queue: Optional[str] = None  # default: "gpu" when a VL2 analyzer is named, else "cpu"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ask_for_checks(cls, data: Any) -> Any:
+        """Checks are answered by vl2-ask: a profile with checks runs it (listed or not; listing sets its place)."""
+        if isinstance(data, dict) and data.get("checks"):
+            analyzers = data.get("analyzers") or []
+            if isinstance(analyzers, (list, tuple)) and "vl2-ask" not in analyzers:
+                data = {**data, "analyzers": [*analyzers, "vl2-ask"]}
+        return data
+
+    @field_validator("checks")
+    @classmethod
+    def _check_names(cls, v: dict[str, CheckConfig]) -> dict[str, CheckConfig]:
+        return checks_field(v)
 
     @field_validator("analyzers")
     @classmethod
@@ -63,6 +87,8 @@ class Profile(_Strict):
     def _phrases(self) -> "Profile":
         if "vl2-ground" in self.analyzers and not self.phrases:
             raise ValueError("vl2-ground needs at least one phrase in 'phrases'")
+        if "vl2-ask" in self.analyzers and not self.checks:
+            raise ValueError("vl2-ask needs at least one check in 'checks'")
         return self
 
     @property
@@ -134,7 +160,6 @@ class ZoneConfig(_Strict):
 
 
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
-SEVERITIES = ("info", "low", "warning", "high", "critical")
 
 
 def parse_window(text: str) -> tuple[time, time]:
@@ -152,8 +177,11 @@ def parse_window(text: str) -> tuple[time, time]:
 
 
 class RuleConfig(_Strict):
-    labels: tuple[str, ...] = Field(min_length=1)
-    zones: tuple[str, ...] = Field(min_length=1)
+    """Labels seen in zones, and/or checks that failed (a check is about the whole image: no zone)."""
+
+    labels: tuple[str, ...] = ()
+    zones: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
     windows: tuple[str, ...] = ()  # empty: at any time
     min_score: float = Field(0.0, ge=0.0, le=1.0)
     cooldown_seconds: float = Field(0.0, ge=0.0)
@@ -169,9 +197,17 @@ class RuleConfig(_Strict):
     @field_validator("severity")
     @classmethod
     def _severity(cls, v: str) -> str:
-        if v not in SEVERITIES:
-            raise ValueError(f"unknown severity {v!r} (known: {', '.join(SEVERITIES)})")
-        return v
+        return check_severity(v)
+
+    @model_validator(mode="after")
+    def _what(self) -> "RuleConfig":
+        if not self.labels and not self.checks:
+            raise ValueError("a rule needs labels (seen in zones) or checks (that failed)")
+        if self.labels and not self.zones:
+            raise ValueError("zones: a rule on labels needs at least one zone")
+        if self.zones and not self.labels:
+            raise ValueError("zones: only labels are matched in zones; a rule on checks alone has no zones")
+        return self
 
 
 CONNECTOR_KINDS = ("inventory", "security")
@@ -267,6 +303,11 @@ class AppConfig(_Strict):
                     have = ", ".join(sorted(known)) or "none: no profile of these sources runs vl2-ground"
                     raise ValueError(f"rules.{rname}.labels[{i}]: unknown label {label!r} "
                                      f"(labels the zones' sources ground: {have})")
+            checks = {c for p in self.profiles.values() for c in p.checks}
+            for i, check in enumerate(rule.checks):
+                if check not in checks:
+                    have = ", ".join(sorted(checks)) or "none"
+                    raise ValueError(f"rules.{rname}.checks[{i}]: unknown check {check!r} (checks configured: {have})")
         for cname, conn in self.connectors.items():
             for i, r in enumerate(conn.rules or ()):
                 if r not in self.rules:

@@ -7,6 +7,10 @@ without a new ``version``.
 ``version`` 2 (current): ``results`` is keyed by result kind as in ``model.detections.KINDS`` (``objects``,
 ``text_lines``, ``barcodes``), each row named as its table's columns. Version 1 called ``text_lines`` ``text``;
 :func:`results_of` reads both, so events stored before an upgrade are still delivered correctly.
+``job.succeeded`` also carries ``answers`` (rows of the ``answers`` table, ``id`` included; empty without checks).
+
+``check.failed``: one per answer whose expectation did not hold (``passed`` false; unparsed answers are not
+failures), written with the job's results: ``{"version", "image", "job": {"id", "profile"}, "answer"}``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ PAYLOAD_VERSION = 2
 
 JOB_SUCCEEDED = "job.succeeded"
 JOB_FAILED = "job.failed"
-EVENT_TYPES = (JOB_SUCCEEDED, JOB_FAILED)
+CHECK_FAILED = "check.failed"
+EVENT_TYPES = (JOB_SUCCEEDED, JOB_FAILED, CHECK_FAILED)
 
 
 def iso(t: Optional[datetime]) -> Optional[str]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.schema import RESULT_TABLES, Image, Job, JobStatus
+from services.schema import RESULT_TABLES, AnswerRow, Image, Job, JobStatus
 
 
 class NotFound(LookupError):
@@ -45,10 +45,11 @@ class ImageResults:
     image: Image
     job: Optional[Job]  # the latest job of the image
     rows: dict[str, list[dict[str, Any]]]  # kind -> rows (label/text/value, box, score, analyzer)
+    answers: list[dict[str, Any]] = field(default_factory=list)  # answers to checks, in check order
 
 
 _COLUMNS = {
-    "objects": ("analyzer", "label", "phrase", "x1", "y1", "x2", "y2", "score", "attributes"),
+    "objects": ("analyzer", "label", "phrase", "x1", "y1", "x2", "y2", "score", "attributes", "answer_id"),
     "text_lines": ("analyzer", "text", "x1", "y1", "x2", "y2", "score"),
     "barcodes": ("analyzer", "format", "value", "x1", "y1", "x2", "y2"),
 }
@@ -64,4 +65,8 @@ def image_results(session: Session, image: Image) -> ImageResults:
             select(table).where(table.job_id == job.id).order_by(table.id)
         ).scalars().all()
         rows[kind] = [{c: getattr(r, c) for c in _COLUMNS[kind]} for r in found]
-    return ImageResults(image, job, rows)
+    answers = [] if job is None else session.execute(
+        select(AnswerRow).where(AnswerRow.job_id == job.id).order_by(AnswerRow.id)).scalars().all()
+    columns = ("id", "check_name", "kind", "status", "value_bool", "value_number", "value_text", "raw_text",
+               "confidence", "expected", "passed", "severity", "paired_image_id")
+    return ImageResults(image, job, rows, [{c: getattr(a, c) for c in columns} for a in answers])

@@ -149,6 +149,8 @@ class ObjectRow(_ResultMixin, Base):
     label: Mapped[str] = mapped_column(String(255))
     phrase: Mapped[Optional[str]] = mapped_column(String(1024))  # the grounding prompt phrase
     attributes: Mapped[Optional[dict[str, Any]]] = mapped_column()
+    # set on the boxes of a grounded answer (a check with ``grounded: true``): the answer whose prose carried them
+    answer_id: Mapped[Optional[int]] = mapped_column(ForeignKey("answers.id"), index=True)
 
 
 class TextLineRow(_ResultMixin, Base):
@@ -161,6 +163,35 @@ class BarcodeRow(_ResultMixin, Base):
     __table_args__ = (Index(None, "value"),)
     format: Mapped[str] = mapped_column(String(32))
     value: Mapped[str] = mapped_column(Text().with_variant(String(2048), "mysql"))
+
+
+class AnswerRow(Base):
+    """One answer of ``vl2-ask`` to one check about one image. The value sits in the column of its kind's type:
+    ``value_bool`` (yes_no), ``value_number`` (number), ``value_text`` (choice, text); all null unless
+    ``status`` is ``ok``. ``passed`` is null without an expectation or without a parsed value."""
+
+    __tablename__ = "answers"
+    __table_args__ = (Index(None, "check_name", "created_at"), Index(None, "status"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    analyzer: Mapped[str] = mapped_column(String(64))
+    check_name: Mapped[str] = mapped_column(String(64))  # the check's name in the profile
+    question: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # yes_no, number, choice, text
+    status: Mapped[str] = mapped_column(String(16))  # ok, unparsed, no_previous
+    raw_text: Mapped[Optional[str]] = mapped_column(Text)  # the model's answer as decoded
+    value_bool: Mapped[Optional[bool]] = mapped_column(Boolean)
+    value_number: Mapped[Optional[float]] = mapped_column(Float)
+    value_text: Mapped[Optional[str]] = mapped_column(Text)
+    confidence: Mapped[Optional[float]] = mapped_column(Float)  # mean probability of the answer's tokens
+    reason: Mapped[Optional[str]] = mapped_column(Text)  # why an answer did not parse
+    expected: Mapped[Optional[dict[str, Any]]] = mapped_column()  # {"equals": v} or {"min": a, "max": b}
+    passed: Mapped[Optional[bool]] = mapped_column(Boolean)
+    severity: Mapped[str] = mapped_column(String(16))
+    paired_image_id: Mapped[Optional[int]] = mapped_column(ForeignKey("images.id"))  # the previous image shown
+    lineage: Mapped[Optional[dict[str, Any]]] = mapped_column()  # model, checkpoint digest, prompt, settings
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class OutboxEvent(Base):

@@ -44,7 +44,11 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: float = Field(15.0, gt=0)
     vl2_checkpoint: Optional[Path] = None  # a DeepSeek-VL2 checkpoint directory in the official layout
     vl2_device: str = "cuda"
+    # a profile's `vl2:` block in the YAML file overrides these four for its jobs
     vl2_dtype: str = "bfloat16"
+    vl2_max_new_tokens: int = Field(256, ge=1, le=8192)
+    vl2_images_per_batch: int = Field(4, ge=1, le=1024)  # images decoded together (x prompts = generation batch)
+    vl2_prefill_chunk: Optional[int] = Field(None, ge=16)  # prompt positions per prefill step (caps activations)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
@@ -52,6 +56,13 @@ class Settings(BaseSettings):
         if isinstance(v, str):  # "5,300,1800"
             return tuple(float(x) for x in v.split(",") if x.strip())
         return v
+
+    @field_validator("vl2_dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        from services.config_checks import check_dtype
+
+        return check_dtype(v) or v
 
     @property
     def db_url(self) -> str:

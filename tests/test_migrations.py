@@ -32,7 +32,12 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:  # noqa: ANN001
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
-    assert _diff(url) == [] and head() == "0003"
+    assert _diff(url) == [] and head() == "0004"
+    command.downgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    tables, columns = set(inspect(engine).get_table_names()), {c["name"] for c in inspect(engine).get_columns("objects")}
+    engine.dispose()
+    assert "answers" not in tables and "answer_id" not in columns
     command.downgrade(alembic_config(url), "0002")
     engine = create_engine(url)
     indexes = {i["name"] for i in inspect(engine).get_indexes("detections")}

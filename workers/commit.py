@@ -1,7 +1,9 @@
 """Committing a batch of analysed jobs: for every job still leased to this worker, in one transaction, its result
-rows (replacing those of an earlier attempt), the image's facts, the job's final status with timings and
-lineage, and its ``job.succeeded`` / ``job.failed`` outbox event. Nothing is announced that is not committed, and
-a job whose lease was taken over writes nothing ("lost": the other worker's run counts).
+rows (replacing those of an earlier attempt), its answers to checks (with the boxes of grounded answers linked by
+``objects.answer_id``), the image's facts, the job's final status with timings and lineage, its ``job.succeeded``
+/ ``job.failed`` outbox event and a ``check.failed`` event per answer whose expectation did not hold. Nothing is
+announced that is not committed, and a job whose lease was taken over writes nothing ("lost": the other worker's
+run counts).
 """
 
 from __future__ import annotations
@@ -9,17 +11,28 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
 
 from services.db import session_scope
-from services.events import JOB_FAILED, JOB_SUCCEEDED, PAYLOAD_VERSION, event_row, iso
-from services.schema import RESULT_TABLES, Image, Job, JobStatus, OutboxEvent, Source, utcnow
-
+from services.events import CHECK_FAILED, JOB_FAILED, JOB_SUCCEEDED, PAYLOAD_VERSION, event_row, iso
+from services.schema import RESULT_TABLES, AnswerRow, Image, Job, JobStatus, OutboxEvent, Source, utcnow
 from workers.work import Outcome, Work
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Answer:
+    """One answer on its way to the table: its row, its payload entry and its grounded boxes (table rows and
+    payload rows), which get the answer's id once it is inserted."""
+
+    row: dict[str, Any]
+    payload: dict[str, Any]
+    objects: list[tuple[dict[str, Any], dict[str, Any]]]
+    event: dict[str, Any]  # the image and job parts of a check.failed payload
 
 
 def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
@@ -45,10 +58,10 @@ def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
         # A job's first attempt has no results (they are only written under a claim, and a claim counts an
         # attempt): only re-runs delete, so a re-run replaces its rows and never duplicates them.
         rerun = [w.job_id for w in mine if jobs[w.job_id].attempts > 1]
-        for table in RESULT_TABLES.values() if rerun else ():
+        for table in [*RESULT_TABLES.values(), AnswerRow] if rerun else ():  # objects first: they name answers
             s.execute(delete(table).where(table.job_id.in_(rerun)))
         results: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        job_rows, image_rows, events = [], [], []
+        job_rows, image_rows, events, answers = [], [], [], []
         now = utcnow()
         for w in mine:
             job = jobs[w.job_id]
@@ -73,18 +86,35 @@ def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
                 image.update(width=d.width, height=d.height, captured_at=iso(d.captured_at))
                 found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in RESULT_TABLES}
                 for result in w.results:
-                    rows = result.detections.to_rows()
-                    found[result.detections.kind].extend({"analyzer": result.lineage.analyzer} | r for r in rows)
+                    kind, extra = result.detections.kind, {"analyzer": result.lineage.analyzer}
+                    extra |= {"answer_id": None} if kind == "objects" else {}
+                    found[kind].extend(extra | r for r in result.detections.to_rows())
                 for kind, rows in found.items():
                     results[kind].extend({"job_id": job.id, "image_id": job.image_id} | r for r in rows)
-                lineage = [r.lineage.as_dict() for r in w.results]
+                job_answers = _answers(w, job, {"image": image, "job": {"id": job.id, "profile": job.profile}})
+                for a in job_answers:
+                    found["objects"].extend(p for _, p in a.objects)
+                    results["objects"].extend(t for t, _ in a.objects)
+                answers += job_answers
+                lineage = [_lineage(r, w) for r in w.results]
                 job_row.update(status=JobStatus.succeeded.value, error=None, lineage=lineage)
                 events.append(event_row(JOB_SUCCEEDED, job.id, {
                     "version": PAYLOAD_VERSION, "image": image, "results": found,
+                    "answers": [a.payload for a in job_answers],
                     "job": job_data | {"timings": timings, "lineage": lineage, "notes": list(d.notes)}}))
                 outcomes.append(Outcome(w.job_id, "succeeded"))
             job_rows.append(job_row)
             image_rows.append(image_row)
+        if answers:
+            ids = s.scalars(insert(AnswerRow).returning(AnswerRow.id, sort_by_parameter_order=True),
+                            [a.row for a in answers]).all()
+            for answer_id, a in zip(ids, answers):
+                a.payload["id"] = answer_id
+                for table_row, payload_row in a.objects:
+                    table_row["answer_id"] = payload_row["answer_id"] = answer_id
+                if a.row["passed"] is False:
+                    events.append(event_row(CHECK_FAILED, a.row["job_id"], {
+                        "version": PAYLOAD_VERSION, **a.event, "answer": a.payload}))
         for kind, rows in results.items():
             if rows:
                 s.execute(insert(RESULT_TABLES[kind]), rows)
@@ -97,3 +127,33 @@ def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
     for status, job_ids in by_status.items():
         log.info("jobs %s %s", job_ids, status)
     return outcomes
+
+
+def _paired(w: Work, answer: Any) -> Optional[int]:
+    """The id of the previous image an answer's prompt showed, if any."""
+    return w.previous.image_id if answer.paired and w.previous is not None else None
+
+
+def _lineage(result: Any, w: Work) -> dict[str, Any]:
+    """A result's lineage for the job row; ``paired_image`` names the previous image its prompts showed."""
+    out = result.lineage.as_dict()
+    if any(_paired(w, a) for a in result.answers):
+        out["paired_image"] = {"id": w.previous.image_id, "key": w.previous.key}
+    return out
+
+
+def _answers(w: Work, job: Any, event: dict[str, Any]) -> list[_Answer]:
+    """Rows, payload entries and grounded boxes of the job's answers to checks (``model.vl2.ask.CheckAnswer``)."""
+    out = []
+    for result in w.results:
+        for a in result.answers:
+            analyzer, paired = result.lineage.analyzer, _paired(w, a)
+            lineage = result.lineage.as_dict() | {"prompt": a.check.prompt, "paired_image_id": paired}
+            row = {"job_id": job.id, "image_id": job.image_id, "analyzer": analyzer, **a.to_row(),
+                   "paired_image_id": paired, "lineage": lineage}
+            payload = {k: v for k, v in row.items() if k not in ("job_id", "image_id", "lineage")}
+            boxes = a.detections.to_rows() if a.detections is not None else []
+            objects = [({"job_id": job.id, "image_id": job.image_id, "analyzer": analyzer} | r,
+                        {"analyzer": analyzer, "answer_id": None} | r) for r in boxes]
+            out.append(_Answer(row, payload, objects, event))
+    return out

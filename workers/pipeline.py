@@ -1,4 +1,4 @@
-"""The analysis of a batch of jobs, stage by stage: claim -> fetch -> decode -> analyze -> commit.
+"""The analysis of a batch of jobs, stage by stage: claim -> fetch -> decode -> pair -> analyze -> commit.
 
 Delivery is at-least-once, effects are exactly-once: jobs are claimed under a database lease (``workers.lease``);
 a finished job is skipped; results are committed only while the lease is still ours, in one transaction with
@@ -6,6 +6,7 @@ the job's status and its outbox event (``workers.commit``). A task names a few j
 the worker tops the batch up with other queued jobs of the same queue (up to ``batch_size``) so analyzers see
 batches and database and storage round trips are shared; their own tasks, when they arrive, find them taken.
 
+``pair`` fetches each job's previous image (``workers.pairing``) where its profile has checks that compare.
 Bad input fails that job with a reason and the others go on; transient faults (object storage or database
 unreachable) release the claims and raise ``TransientError``, and the task is retried with backoff.
 """
@@ -23,6 +24,7 @@ from model.decode import BadImage, decode_image
 from services.storage import ObjectNotFound, StorageUnavailable
 from workers.commit import commit
 from workers.lease import claim, release, renew
+from workers.pairing import Previous, previous_images
 from workers.runtime import Runtime
 from workers.work import Outcome, Work
 
@@ -55,6 +57,7 @@ def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outc
         check(rt, work)
         fetch(rt, work)
         decode(rt, work)
+        pair(rt, work)
         analyze(rt, work, leased_at)
         return skipped + commit(rt.db_url, rt.worker_id, work)
     except (StorageUnavailable, OperationalError) as exc:
@@ -108,6 +111,32 @@ def decode(rt: Runtime, work: list[Work]) -> None:
         w.timings["decode"] = time.perf_counter() - t
 
 
+def pair(rt: Runtime, work: list[Work]) -> None:
+    """The previous image of each job whose profile has a ``with_previous`` check, fetched and decoded as the job's
+    own; none when the source has none or it cannot be read any more (those checks then answer no_previous)."""
+    wanting = [w for w in _live(work)
+               if any(c.with_previous for c in rt.config.profiles[w.profile].checks.values())]
+    if not wanting:
+        return
+    t = time.perf_counter()
+    refs = previous_images(rt.db_url, [(w.image_id, w.decoded.captured_at) for w in wanting])
+    images: dict[int, Optional[Previous]] = {}  # one fetch per previous image, however many jobs it pairs
+    for w in wanting:
+        ref = refs.get(w.image_id)
+        if ref is not None and ref.image_id not in images:
+            try:
+                image = decode_image(rt.store.get(ref.key), max_bytes=rt.settings.max_image_bytes,
+                                     max_pixels=rt.settings.max_image_pixels).image
+                images[ref.image_id] = Previous(ref.image_id, ref.key, image)
+            except (ObjectNotFound, BadImage) as exc:
+                log.warning("job %s: previous image %s cannot be read (%s); no pair", w.job_id, ref.key, exc)
+                images[ref.image_id] = None
+        w.previous = images.get(ref.image_id) if ref is not None else None
+    share = (time.perf_counter() - t) / len(wanting)
+    for w in wanting:
+        w.timings["pair"] = share
+
+
 def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
     """Each profile's analyzers over its jobs' images, as one batch per analyzer. An analyzer that cannot run
     here fails its jobs saying so; one that raises on the batch is re-run image by image so only the image
@@ -125,7 +154,7 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
                 break
             t = time.perf_counter()
             try:
-                analyzer = rt.analyzer(name, profile.phrases if name == "vl2-ground" else ())
+                analyzer = rt.analyzer(name, profile)
             except AnalyzerUnavailable as exc:
                 for w in group:
                     w.failure = f"analyzer {name} is not available on this worker: {exc}"
@@ -136,7 +165,7 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
                     w.failure = f"analyzer {name} failed to load on this worker: {type(exc).__name__}: {exc}"
                 continue
             try:
-                results = analyzer.analyze([w.decoded.image for w in group])
+                results = _run(analyzer, group)
             except Exception as exc:  # noqa: BLE001 - isolate the image that breaks the engine
                 results = _one_by_one(analyzer, name, group, exc)
             share = (time.perf_counter() - t) / len(group)
@@ -151,6 +180,14 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
                 renew(rt.db_url, rt.worker_id, rt.settings.lease_seconds, [w.job_id for w in group])
 
 
+def _run(analyzer: Any, group: list[Work]) -> list:
+    """The analyzer over the group's images (and their previous images, for an analyzer that compares)."""
+    images = [w.decoded.image for w in group]
+    if getattr(analyzer, "wants_previous", False):
+        return analyzer.analyze(images, previous=[w.previous.image if w.previous else None for w in group])
+    return analyzer.analyze(images)
+
+
 def _one_by_one(analyzer: Any, name: str, group: list[Work], batch_exc: Exception) -> list:
     """The batch raised: run images one at a time so only the image that breaks the engine fails."""
     if len(group) == 1:
@@ -158,7 +195,7 @@ def _one_by_one(analyzer: Any, name: str, group: list[Work], batch_exc: Exceptio
     out: list = []
     for w in group:
         try:
-            out.extend(analyzer.analyze([w.decoded.image]))
+            out.extend(_run(analyzer, [w]))
         except Exception as exc:  # noqa: BLE001
             log.exception("job %s: analyzer %s failed", w.job_id, name)
             out.append(f"analyzer {name} failed on {w.key!r}: {type(exc).__name__}: {exc}")

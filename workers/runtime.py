@@ -8,6 +8,7 @@ Analyzers are built on first use, or before the first task by ``warm_up``, and k
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import socket
@@ -16,9 +17,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Collection, Optional
+from typing import Any, Collection, Optional
 
-from services.config import AppConfig, load_config
+from services.config import AppConfig, Profile, load_config
 from services.settings import Settings, load_settings
 from services.storage import ObjectStore, store_from_settings
 
@@ -48,19 +49,35 @@ class Runtime:
     def db_url(self) -> str:
         return self.settings.db_url
 
-    def analyzer(self, name: str, phrases: tuple[str, ...] = ()):  # noqa: ANN201
-        """The process-wide instance of analyzer ``name`` (raises AnalyzerUnavailable where it cannot run)."""
+    def analyzer(self, name: str, profile: Optional[Profile] = None):  # noqa: ANN201
+        """The process-wide instance of analyzer ``name`` as ``profile`` configures it (one per distinct set of
+        options; VL2 analyzers share the loaded weights); raises AnalyzerUnavailable where it cannot run."""
         from model.registry import build_analyzer
 
-        key = (name, phrases)
+        options = self.analyzer_options(name, profile)
+        key = (name, json.dumps(options, sort_keys=True, default=str))
         with self._lock:
             if key not in self._analyzers:
-                options = {"phrases": list(phrases)} if phrases else {}
-                if name.startswith("vl2"):
-                    options.update(checkpoint=self.settings.vl2_checkpoint, device=self.settings.vl2_device,
-                                   dtype=self.settings.vl2_dtype)
                 self._analyzers[key] = build_analyzer(name, options)
             return self._analyzers[key]
+
+    def analyzer_options(self, name: str, profile: Optional[Profile] = None) -> dict[str, Any]:
+        """Options of analyzer ``name`` for ``profile``: its phrases (vl2-ground) or checks (vl2-ask); for VL2
+        analyzers this worker's checkpoint and device, and decoding settings from the profile's ``vl2:`` block,
+        else this worker's ``VLWATCH_VL2_*``."""
+        options: dict[str, Any] = {}
+        if profile is not None and name == "vl2-ground":
+            options["phrases"] = list(profile.phrases)
+        if profile is not None and name == "vl2-ask":
+            options["checks"] = [c.as_options(n) for n, c in profile.checks.items()]
+        if name.startswith("vl2"):
+            s, p = self.settings, profile.vl2 if profile is not None else None
+            options.update(checkpoint=s.vl2_checkpoint, device=s.vl2_device,
+                           dtype=(p and p.dtype) or s.vl2_dtype,
+                           max_new_tokens=(p and p.max_new_tokens) or s.vl2_max_new_tokens,
+                           images_per_batch=(p and p.images_per_batch) or s.vl2_images_per_batch,
+                           prefill_chunk=(p and p.prefill_chunk) or s.vl2_prefill_chunk)
+        return options
 
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads for fetching a batch's objects, made once per process (not once per batch)."""
@@ -99,7 +116,7 @@ class Runtime:
                 continue
             for name in profile.analyzers:
                 try:
-                    self.analyzer(name, profile.phrases if name == "vl2-ground" else ())
+                    self.analyzer(name, profile)
                     built.append(name)
                 except AnalyzerUnavailable as exc:
                     log.warning("warm-up: analyzer %s of profile %s is not available here: %s", name, profile_name,

@@ -8,6 +8,7 @@ from typing import Optional
 
 from model.decode import DecodedImage
 from workers.lease import Claimed
+from workers.pairing import Previous
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Work:
     attempts: int
     data: bytes = b""
     decoded: Optional[DecodedImage] = None
+    previous: Optional[Previous] = None  # the source's previous image, for checks with_previous
     results: list = field(default_factory=list)  # one AnalyzerResult per analyzer run
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     failure: Optional[str] = None  # why the job failed, in words a person can act on

@@ -1,11 +1,11 @@
-"""DeepSeek-VL2 analyzers: ``vl2-ground`` (one referring prompt per configured phrase; boxes on VL2's 0..999
-grid) and ``vl2-ocr`` (a reading prompt; grounded lines when the answer carries boxes).
+"""DeepSeek-VL2 analyzers: ``vl2-ground`` (one "find all" prompt per configured phrase: every instance; boxes on
+VL2's 0..999 grid) and ``vl2-ocr`` (a reading prompt; grounded lines when the answer carries boxes).
 
 Both share one loaded checkpoint per process (``load_model`` + the processor from the same directory) and raise
 ``AnalyzerUnavailable`` with a plain message when no checkpoint is configured, the directory is unusable, or the
 requested CUDA device is absent. Images are decoded in batches (``images_per_batch`` x prompts); each image
 goes through the vision tower once for all of its prompts.
-Prompts and answer parsing are ``model.vl2.grounding``'s (referring prompt per phrase, strict parser); box score =
+Prompts and answer parsing are ``model.vl2.grounding``'s (find-all prompt per phrase, strict parser); box score =
 mean probability of the chosen tokens of that box's ``[...]`` text (``grounding.parse_tokens``).
 """
 
@@ -46,13 +46,7 @@ class VL2Analyzer:
         if name == "vl2-ground" and not phrases:
             raise ValueError("vl2-ground needs at least one phrase")
         self.name, self.options, self.phrases = name, options, tuple(phrases)
-        ckpt = options.checkpoint
-        if ckpt is None:
-            raise AnalyzerUnavailable(f"{name}: no DeepSeek-VL2 checkpoint is configured "
-                                      "(set VLWATCH_VL2_CHECKPOINT to a checkpoint directory)")
-        if not Path(ckpt).is_dir():
-            raise AnalyzerUnavailable(f"{name}: the DeepSeek-VL2 checkpoint directory {ckpt} does not exist")
-        self.model, self.processor, info = _shared_model(name, Path(ckpt), options.device, options.dtype)
+        self.model, self.processor, info = load_shared(name, options)
         self.digest = info.digest
         self.model_id = f"deepseek-vl2-{info.config.name}"
 
@@ -60,7 +54,7 @@ class VL2Analyzer:
         from model.vl2 import grounding
 
         if self.name == "vl2-ground":
-            return [grounding.referring_prompt(p) for p in self.phrases]
+            return [grounding.find_all_prompt(p) for p in self.phrases]  # every instance (docs/checks.md)
         return [grounding.ocr_prompt()]
 
     def lineage(self) -> Lineage:
@@ -127,6 +121,18 @@ class VL2Analyzer:
                                           [mean] * len(lines))
 
 
+def load_shared(name: str, options: VL2Options) -> tuple[Any, Any, Any]:
+    """(model, processor, CheckpointInfo) of ``options``' checkpoint for analyzer ``name``, shared by every VL2
+    analyzer of the process; ``AnalyzerUnavailable`` with a plain message where it cannot be loaded."""
+    ckpt = options.checkpoint
+    if ckpt is None:
+        raise AnalyzerUnavailable(f"{name}: no DeepSeek-VL2 checkpoint is configured "
+                                  "(set VLWATCH_VL2_CHECKPOINT to a checkpoint directory)")
+    if not Path(ckpt).is_dir():
+        raise AnalyzerUnavailable(f"{name}: the DeepSeek-VL2 checkpoint directory {ckpt} does not exist")
+    return _shared_model(name, Path(ckpt), options.device, options.dtype)
+
+
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
 
@@ -158,16 +164,24 @@ def _shared_model(name: str, ckpt: Path, device: str, dtype_name: str) -> tuple[
         return _LOADED[key]
 
 
-def build_vl2_analyzer(name: str, options: dict[str, Any]) -> VL2Analyzer:
-    """Registry entry: ``options`` = {"checkpoint", "device", "dtype", "phrases", ...} as the runtime passes them."""
+def vl2_options(name: str, options: dict[str, Any]) -> tuple[VL2Options, tuple, tuple]:
+    """``options`` as the runtime passes them ({"checkpoint", "device", "dtype", "phrases" (vl2-ground), "checks"
+    (vl2-ask), ...}) read into ``(VL2Options, phrases, checks)``; an unknown option is a ``ValueError``."""
     opts = dict(options)
     phrases = tuple(opts.pop("phrases", ()) or ())
+    checks = tuple(opts.pop("checks", ()) or ())
     ckpt = opts.pop("checkpoint", None)
     names = ("device", "dtype", "max_new_tokens", "prefill_chunk", "repeat_ngram", "repeat_times",
              "images_per_batch")
     unknown = sorted(set(opts) - set(names))
     if unknown:
         raise ValueError(f"analyzer {name!r} has no option(s) {', '.join(unknown)}; "
-                         f"it accepts: checkpoint, phrases, {', '.join(names)}")
+                         f"it accepts: checkpoint, phrases, checks, {', '.join(names)}")
     known = {k: opts[k] for k in names if k in opts}
-    return VL2Analyzer(name, VL2Options(checkpoint=Path(ckpt) if ckpt else None, **known), phrases)
+    return VL2Options(checkpoint=Path(ckpt) if ckpt else None, **known), phrases, checks
+
+
+def build_vl2_analyzer(name: str, options: dict[str, Any]) -> Any:
+    """Registry entry for ``vl2-ground`` and ``vl2-ocr`` (``vl2-ask``: ``model.vl2.ask.build_ask_analyzer``)."""
+    vl2, phrases, _ = vl2_options(name, options)
+    return VL2Analyzer(name, vl2, phrases)

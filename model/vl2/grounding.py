@@ -231,6 +231,16 @@ def parse_answer(text: str) -> GroundingParse:
     return GroundingParse(text, tuple(refs), issues[0][0] if issues else "ok", tuple(issues))
 
 
+_DET_SPAN = re.compile(r"<\|det\|>.*?(?:<\|/det\|>|$)", re.S)
+_TAGS = re.compile(r"<\|/?ref\|>|<\|grounding\|>|<\|/det\|>")
+
+
+def plain_text(text: str) -> str:
+    """A grounded answer as prose: det spans (an unclosed last one too) removed, ref markers dropped, the ref
+    phrases kept in place, whitespace runs collapsed."""
+    return " ".join(_TAGS.sub("", _DET_SPAN.sub(" ", text)).split())
+
+
 def parse_grounding(text: str) -> list[GroundedRef]:
     """The det spans of an answer (see ``parse_answer``). Plain text gives ``[]``; an answer with markup and
     problems but no usable box raises ``GroundingParseError``."""

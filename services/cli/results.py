@@ -49,7 +49,7 @@ def results(ctx: Ctx, image: str, as_json: bool) -> None:
                          "height": res.image.height},
                "job": None if job is None else {"id": job.id, "status": job.status, "error": job.error,
                                                 "timings": job.timings},
-               "results": res.rows}
+               "results": res.rows, "answers": res.answers}
     if as_json:
         click.echo(json.dumps(out, indent=2, default=str))
         return
@@ -64,6 +64,11 @@ def results(ctx: Ctx, image: str, as_json: bool) -> None:
             score = "" if r.get("score") is None else f"  {r['score']:.2f}"
             extra = f" {r['format']}" if kind == "barcodes" else ""
             click.echo(f"  {kind:<10}{extra}  {what!s:<40}  [{box}]{score}")
+    for a in res.answers:
+        value = next((a[c] for c in ("value_bool", "value_number", "value_text") if a[c] is not None), None)
+        passed = {True: "passed", False: "FAILED", None: ""}[a["passed"]]
+        click.echo(f"  check     {a['check_name']:<20} {a['status']:<11} {value!s:<24} {passed}  "
+                   f"raw: {(a['raw_text'] or '')[:60]!r}")
 
 
 @click.command()

@@ -67,7 +67,7 @@ def test_grounding_analyzer_end_to_end(release_dir: Path) -> None:
     for img, res in zip(images, results):
         assert res.detections.kind == "objects" and res.detections.image_size == img.size
         assert res.lineage.analyzer == "vl2-ground" and res.lineage.checkpoint_digest.startswith("sha256:")
-        assert "<|ref|>red box<|/ref|>" in (res.lineage.prompt or "")
+        assert "Find all the <|ref|>red box<|/ref|>." in (res.lineage.prompt or "")
     # the same weights are shared with the OCR analyzer of the same checkpoint
     ocr = build_vl2_analyzer("vl2-ocr", {"checkpoint": str(release_dir), "device": "cpu", "dtype": "float32",
                                          "max_new_tokens": 4})

@@ -198,3 +198,36 @@ def write_release_dir(path: Path, model: DeepseekVL2Model) -> Path:
         if f.suffix == ".json":
             shutil.copy(f, path / f.name)
     return path
+
+
+def scripted_model(cfg: VL2Config, tokenizer: Any, answer: str, after: str = ":", seed: int = 0,
+                   ) -> DeepseekVL2Model:
+    """A random model that greedily answers ``answer`` then EOS to every prompt ending in ``after`` (every
+    templated prompt ends in ``<|Assistant|>:``), whatever its images, and nothing else changed: vision tower,
+    projector and attention still run on random weights.
+
+    How: every language layer's output projections (attention ``o_proj``, MLP ``down_proj``, experts ``w2``) are
+    zero, so each layer adds nothing to the residual stream and the final hidden state is the RMS-normed embedding
+    of the current token; the embeddings of the chain ``after, answer..., EOS`` are one-hot in distinct dimensions
+    and ``lm_head`` maps each to its successor. A bigram table, so the chain's tokens must be distinct."""
+    model = random_model(cfg, seed)
+    chain = tokenizer.encode(after)[-1:] + tokenizer.encode(answer) + [tokenizer.eos_id]
+    d = cfg.language.hidden_size
+    if len(set(chain)) != len(chain) or len(chain) > d:
+        raise ValueError(f"the tokens of {after!r} + {answer!r} + EOS must be distinct and at most {d}: {chain}")
+    lang = model.language
+    with torch.no_grad():
+        for layer in lang.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            if hasattr(layer.mlp, "w2"):
+                layer.mlp.w2.zero_()
+                if layer.mlp.shared_experts is not None:
+                    layer.mlp.shared_experts.down_proj.weight.zero_()
+            else:
+                layer.mlp.down_proj.weight.zero_()
+        lang.model.norm.weight.fill_(1.0)
+        lang.lm_head.weight.zero_()
+        for k, (a, b) in enumerate(zip(chain, chain[1:])):
+            lang.model.embed_tokens.weight[a] = torch.nn.functional.one_hot(torch.tensor(k), d).float()
+            lang.lm_head.weight[b, k] = 20.0  # logit 20 * sqrt(d) for the successor, 0 for every other token
+    return model

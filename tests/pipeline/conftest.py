@@ -127,9 +127,9 @@ def start_worker(app_env: dict[str, str], tmp_path: Path, redis_url: str) -> Ite
     redis.Redis.from_url(redis_url).flushdb()
     started: list[WorkerProcess] = []
 
-    def start(**env_overrides: str) -> WorkerProcess:
+    def start(queues: str = "cpu", **env_overrides: str) -> WorkerProcess:
         env = {**app_env, **env_overrides}
-        w = WorkerProcess(env, tmp_path / f"worker-{len(started)}-{uuid.uuid4().hex[:6]}.log")
+        w = WorkerProcess(env, tmp_path / f"worker-{len(started)}-{uuid.uuid4().hex[:6]}.log", queues)
         started.append(w)
         return w
 

@@ -25,8 +25,8 @@ def _queries() -> dict[int, str]:
     return {int(n): q for n, q in found}
 
 
-def test_docs_hold_ten_queries():
-    assert sorted(_queries()) == list(range(1, 11))
+def test_docs_hold_fifteen_queries():
+    assert sorted(_queries()) == list(range(1, 16))
 
 
 @pytest.fixture
