@@ -22,8 +22,10 @@ connectors:
   guard: {kind: security, url: "mysql+pymysql://sec@db/security", timezone: Europe/Berlin}
 ```
 Errors name the field: ``profiles.dock.analyzers[0]: unknown analyzer 'vl3'``. A profile's ``checks`` and ``vl2``
-settings are described in ``services.config_checks``. (Longer than most modules: it is the one schema of the file,
-read top-down, with the cross-references checked in one place.)
+settings are described in ``services.config_checks``.
+
+Why this module is long: it is the one schema of the file, read top-down, with the cross-references between
+sections checked in one place.
 """
 
 from __future__ import annotations
