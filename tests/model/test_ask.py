@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from model.analyzers import AnalyzerResult
-from model.vl2.analyzer import build_vl2_analyzer
+from model.vl2.ask import build_ask_analyzer
 from model.vl2.ask import Check, CheckAnswer, VL2AskAnalyzer
 from model.vl2.tokenizer import VL2Tokenizer
 from tests.model.tiny import TOKENIZER_DIR, random_model, scripted_model, tiny_config, write_release_dir
@@ -27,7 +27,7 @@ CHECKS = [
 
 
 def _ask(ckpt: Path, **extra: object) -> VL2AskAnalyzer:
-    return build_vl2_analyzer("vl2-ask", {"checkpoint": str(ckpt), "device": "cpu", "dtype": "float32",
+    return build_ask_analyzer("vl2-ask", {"checkpoint": str(ckpt), "device": "cpu", "dtype": "float32",
                                           "checks": CHECKS, "max_new_tokens": 12} | extra)
 
 
@@ -133,7 +133,7 @@ def test_bad_checks(fields: dict, message: str) -> None:
 
 def test_no_checks_is_an_error(random_dir: Path) -> None:
     with pytest.raises(ValueError, match="at least one check"):
-        build_vl2_analyzer("vl2-ask", {"checkpoint": str(random_dir), "device": "cpu", "dtype": "float32"})
+        build_ask_analyzer("vl2-ask", {"checkpoint": str(random_dir), "device": "cpu", "dtype": "float32"})
 
 
 def test_generate_rows_equals_generate_many_for_single_images(random_dir: Path) -> None:
