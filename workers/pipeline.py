@@ -76,7 +76,7 @@ def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outc
         fetch(rt, work)
         decode(rt, work)
         analyze(rt, work, leased_at)
-        return skipped + commit(rt.db_url, rt.worker_id, work)
+        return skipped + commit(rt.db_url, rt.worker_id, work, rt.config.source_zone)
     except (StorageUnavailable, OperationalError) as exc:
         if claimed:
             release(rt.db_url, rt.worker_id, claimed)
