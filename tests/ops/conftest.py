@@ -15,7 +15,8 @@ import httpx
 import pytest
 import yaml
 from PIL import Image as PILImage
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
 
 from services.db import get_engine, session_scope
 from services.schema import Base, Image, Job, ObjectRow
@@ -48,6 +49,23 @@ def night_jpeg() -> bytes:
     PILImage.open(io.BytesIO(images.label_png("WH-70001"))).convert("RGB").save(buf, "JPEG", quality=92,
                                                                                  exif=exif.tobytes())
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def target_url(pg_url: str) -> Iterator[str]:
+    """A database of its own for a security connector's rows (as a site has)."""
+    url = make_url(pg_url)
+    name = f"{url.database}_security"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    yield url.set(database=name).render_as_string(hide_password=False)
+    from services.db import dispose_all
+
+    dispose_all()
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 @dataclass
