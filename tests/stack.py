@@ -33,7 +33,7 @@ WEED_PORTS = {"master.port": 19333, "master.port.grpc": 29333, "volume.port": 18
               "admin.port.grpc": 33646}
 S3_ACCESS_KEY, S3_SECRET_KEY = "vlwatch", "vlwatch-secret"
 APT_PACKAGES = {"postgres": "postgresql", "redis": "redis-server", "mariadb": "mariadb-server",
-                "chromium": "chromium", "chromedriver": "chromium-driver"}
+                "chromium": "chromium", "chromedriver": "chromium-driver", "docker-compose": "docker-compose"}
 
 
 class StackError(RuntimeError):
