@@ -87,6 +87,8 @@ class Image(Base):
         UniqueConstraint("bucket", "key", "etag"),
         Index(None, "source_id", "uploaded_at"),
         Index(None, "source_id", "id"),  # search: one source's images, newest first
+        Index(None, "captured_at"),  # search by time: capture time, else upload time
+        Index(None, "uploaded_at"),
         Index(None, "sha256"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -146,7 +148,8 @@ class _ResultMixin:
 
 class ObjectRow(_ResultMixin, Base):
     __tablename__ = "objects"
-    __table_args__ = (Index(None, "label"), Index(None, "label", "image_id"))  # the second: search by label
+    # search: by label, and by confidence alone (the score index answers "some row scores at least t")
+    __table_args__ = (Index(None, "label"), Index(None, "label", "image_id"), Index(None, "score", "image_id"))
     label: Mapped[str] = mapped_column(String(255))
     phrase: Mapped[Optional[str]] = mapped_column(String(1024))  # the grounding prompt phrase
     attributes: Mapped[Optional[dict[str, Any]]] = mapped_column()
@@ -156,7 +159,7 @@ class TextLineRow(_ResultMixin, Base):
     __tablename__ = "text_lines"
     # Search by text (ILIKE '%...%') uses a trigram index on PostgreSQL (extension pg_trgm, by migration 0004).
     __table_args__ = (Index("ix_text_lines_text_trgm", "text", postgresql_using="gin",
-                            postgresql_ops={"text": "gin_trgm_ops"}),)
+                            postgresql_ops={"text": "gin_trgm_ops"}), Index(None, "score", "image_id"))
     text: Mapped[str] = mapped_column(Text)
 
 

@@ -1,4 +1,4 @@
-"""operations: API tokens, the audit log, and the indexes of image search
+"""operations: API tokens, the audit log, and the indexes of image search (bench/search.py)
 
 Revision ID: 0004
 Revises: 0003
@@ -43,6 +43,10 @@ def upgrade() -> None:
     op.create_index(op.f('ix_audit_log_at'), 'audit_log', ['at'], unique=False)
     op.create_index(op.f('ix_objects_label_image_id'), 'objects', ['label', 'image_id'], unique=False)
     op.create_index(op.f('ix_images_source_id_id'), 'images', ['source_id', 'id'], unique=False)
+    op.create_index(op.f('ix_images_captured_at'), 'images', ['captured_at'], unique=False)
+    op.create_index(op.f('ix_images_uploaded_at'), 'images', ['uploaded_at'], unique=False)
+    op.create_index(op.f('ix_objects_score_image_id'), 'objects', ['score', 'image_id'], unique=False)
+    op.create_index(op.f('ix_text_lines_score_image_id'), 'text_lines', ['score', 'image_id'], unique=False)
     if op.get_bind().dialect.name == 'postgresql':
         op.execute('CREATE EXTENSION IF NOT EXISTS pg_trgm')
     op.create_index('ix_text_lines_text_trgm', 'text_lines', ['text'], unique=False, postgresql_using='gin',
@@ -51,6 +55,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index('ix_text_lines_text_trgm', table_name='text_lines')
+    op.drop_index(op.f('ix_text_lines_score_image_id'), table_name='text_lines')
+    op.drop_index(op.f('ix_objects_score_image_id'), table_name='objects')
+    op.drop_index(op.f('ix_images_uploaded_at'), table_name='images')
+    op.drop_index(op.f('ix_images_captured_at'), table_name='images')
     op.drop_index(op.f('ix_images_source_id_id'), table_name='images')
     op.drop_index(op.f('ix_objects_label_image_id'), table_name='objects')
     op.drop_index(op.f('ix_audit_log_at'), table_name='audit_log')

@@ -3,9 +3,7 @@ log in a file, readiness by polling, and a stop that always ends the process gro
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Callable, Optional
 
 import httpx
 
-from tests.pipeline.conftest import ROOT, VLWATCH
+from tests.pipeline.conftest import ROOT, VLWATCH, WorkerProcess
 from tests.waiting import wait_for
 
 
@@ -23,8 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Proc:
-    """``vlwatch ARGS`` with ``env``; ready when ``ready()`` is true (it fails early if the process exits)."""
+class Proc(WorkerProcess):
+    """``vlwatch ARGS`` with ``env``; ready when ``ready()`` is true (it fails early if the process exits). Stopped
+    as a worker process is (the whole process group)."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: Callable[["Proc"], bool],
                  timeout: float = 90) -> None:
@@ -47,16 +46,6 @@ class Proc:
 
     def text(self) -> str:
         return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._fh.close()
 
 
 def answers(url: str) -> Callable[[Proc], bool]:
