@@ -12,7 +12,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +29,22 @@ class BadImage(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class CaptureTime:
+    """When the camera says it took the picture: its wall clock (EXIF DateTimeOriginal, else DateTime) and, when
+    the camera wrote one, the UTC offset of that clock (EXIF OffsetTimeOriginal, else OffsetTime)."""
+
+    wall_clock: datetime  # naive: EXIF times carry no zone of their own
+    offset: timedelta | None
+
+    def in_utc(self, zone: tzinfo = timezone.utc) -> datetime:
+        """The capture time in UTC: the camera's own offset where EXIF gives one, else the wall clock read in
+        ``zone`` (the source's configured time zone; on a clock change the earlier of two readings is taken)."""
+        if self.offset is not None:
+            return self.wall_clock.replace(tzinfo=timezone(self.offset)).astimezone(timezone.utc)
+        return self.wall_clock.replace(tzinfo=zone).astimezone(timezone.utc)
+
+
 @dataclass
 class DecodedImage:
     image: Image.Image  # upright, mode "RGB", 8 bits per channel
@@ -38,7 +54,7 @@ class DecodedImage:
     orientation_applied: int | None  # the EXIF orientation (2..8) that was undone, None when none was needed
     frames: int  # frames in the file; only the first is analysed
     notes: list[str] = field(default_factory=list)  # what was converted, for the job's record
-    captured_at: datetime | None = None  # EXIF DateTimeOriginal (else DateTime), read as UTC; None if absent
+    capture_time: CaptureTime | None = None  # from EXIF; None if absent or unreadable
 
 
 def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
@@ -107,7 +123,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
         notes.append(f"decoder warning: {wmsg.message}")
     return DecodedImage(image=rgb, width=rgb.width, height=rgb.height, format=fmt,
                         orientation_applied=orientation, frames=frames, notes=notes,
-                        captured_at=_captured_at(upright, notes))
+                        capture_time=_capture_time(upright, notes))
 
 
 def _describe(data: bytes) -> str:
@@ -117,18 +133,33 @@ def _describe(data: bytes) -> str:
     return f"the object (first bytes {head[:8].hex()})"
 
 
-def _captured_at(im: Image.Image, notes: list[str]) -> datetime | None:
-    """EXIF DateTimeOriginal, else DateTime (EXIF has no zone: read as UTC). Read here, once, so that nothing
-    after decoding touches the image's metadata; unreadable EXIF is noted, never raised."""
+_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+
+
+def _capture_time(im: Image.Image, notes: list[str]) -> CaptureTime | None:
+    """EXIF DateTimeOriginal with OffsetTimeOriginal, else DateTime with OffsetTime (EXIF 2.31 offsets such as
+    ``+01:00``; older cameras write none). Read here, once, so that nothing after decoding touches the image's
+    metadata; unreadable EXIF is noted, never raised."""
     try:
         exif = im.getexif()
-        raw = exif.get_ifd(0x8769).get(0x9003) or exif.get(0x0132)
+        sub = exif.get_ifd(0x8769)
+        raw, raw_offset = sub.get(0x9003), sub.get(0x9011)
+        if not raw:
+            raw, raw_offset = exif.get(0x0132), sub.get(0x9010)
         if not raw:
             return None
-        return datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        wall_clock = datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S")
     except Exception as e:  # noqa: BLE001 - any EXIF damage is the same as no capture time
         notes.append(f"EXIF capture time unreadable ({type(e).__name__}); upload time used")
         return None
+    text = str(raw_offset or "").strip("\x00 ")
+    m = _OFFSET.match(text)
+    if m and int(m.group(2)) <= 23 and int(m.group(3)) <= 59:
+        sign = -1 if m.group(1) == "-" else 1
+        return CaptureTime(wall_clock, sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3))))
+    if text.strip(":"):  # blank offsets ("   :  ") mean "unknown" in EXIF
+        notes.append(f"EXIF time offset {text!r} unreadable; the source's time zone used")
+    return CaptureTime(wall_clock, None)
 
 
 def _orientation(im: Image.Image) -> int | None:

@@ -7,6 +7,7 @@ profiles:
           checks: {fire-exit-clear: {question: "Is the fire exit blocked?", kind: yes_no, expect: "no"}}}
 sources:
   aisle-7: {prefix: "aisle-7/", profile: shelf}
+  dock-cam: {prefix: "dock-cam/", profile: dock, timezone: Europe/Berlin, retain_days: 30}
 webhooks:
   - {name: erp, url: "https://erp.example/hooks", events: [job.succeeded]}
 locations:                      # source -> where its camera or scanner is
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import re
-from datetime import time
+from datetime import time, timezone, tzinfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -100,9 +101,28 @@ class Profile(_Strict):
         return "gpu" if any(a in GPU_ANALYZERS for a in self.analyzers) else "cpu"
 
 
+def _zone_name(v: str) -> str:
+    """An IANA time zone name that this machine's zone database knows."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Berlin)") from None
+    return v
+
+
 class SourceConfig(_Strict):
     profile: str
     prefix: str = ""
+    # The zone of the camera's clock: EXIF capture times without an OffsetTimeOriginal are read in it.
+    timezone: str = "UTC"
+    retain_days: Optional[float] = Field(None, gt=0)  # `vlwatch purge` deletes images older than this
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        return _zone_name(v)
 
 
 class WebhookConfig(_Strict):
@@ -259,13 +279,7 @@ class ConnectorConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Berlin)") from None
-        return v
+        return _zone_name(v)
 
 
 DEFAULT_PROFILE = "default"
@@ -336,6 +350,13 @@ class AppConfig(_Strict):
             return self
         implicit = SourceConfig(profile=self.profile_name(None), prefix=f"{name}/")
         return self.model_copy(update={"sources": {**self.sources, name: implicit}})
+
+    def source_zone(self, source: Optional[str]) -> tzinfo:
+        """The zone a source's camera clock runs in (``sources.NAME.timezone``); UTC for unconfigured sources."""
+        from zoneinfo import ZoneInfo
+
+        src = self.sources.get(source) if source is not None else None
+        return ZoneInfo(src.timezone) if src is not None else timezone.utc
 
     def profile_name(self, source: Optional[str]) -> str:
         if source is not None:

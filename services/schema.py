@@ -86,6 +86,9 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("bucket", "key", "etag"),
         Index(None, "source_id", "uploaded_at"),
+        Index(None, "source_id", "id"),  # search: one source's images, newest first
+        Index(None, "captured_at"),  # search by time: capture time, else upload time
+        Index(None, "uploaded_at"),
         Index(None, "sha256"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -145,7 +148,8 @@ class _ResultMixin:
 
 class ObjectRow(_ResultMixin, Base):
     __tablename__ = "objects"
-    __table_args__ = (Index(None, "label"),)
+    # search: by label, and by confidence alone (the score index answers "some row scores at least t")
+    __table_args__ = (Index(None, "label"), Index(None, "label", "image_id"), Index(None, "score", "image_id"))
     label: Mapped[str] = mapped_column(String(255))
     phrase: Mapped[Optional[str]] = mapped_column(String(1024))  # the grounding prompt phrase
     attributes: Mapped[Optional[dict[str, Any]]] = mapped_column()
@@ -155,6 +159,9 @@ class ObjectRow(_ResultMixin, Base):
 
 class TextLineRow(_ResultMixin, Base):
     __tablename__ = "text_lines"
+    # Search by text (ILIKE '%...%') uses a trigram index on PostgreSQL (extension pg_trgm, by migration 0004).
+    __table_args__ = (Index("ix_text_lines_text_trgm", "text", postgresql_using="gin",
+                            postgresql_ops={"text": "gin_trgm_ops"}), Index(None, "score", "image_id"))
     text: Mapped[str] = mapped_column(Text)
 
 
@@ -269,6 +276,35 @@ class ConnectorDelivery(Base):
 
     event: Mapped[OutboxEvent] = relationship()
     connector: Mapped[ConnectorTarget] = relationship()
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API, the results page and the bucket-notification listener. Only the SHA-256 of
+    the token is stored (tokens are 256 random bits, so a plain hash cannot be reversed by guessing)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    hint: Mapped[str] = mapped_column(String(16))  # the token's first characters, to tell tokens apart
+    sources: Mapped[Optional[list[Any]]] = mapped_column()  # source names it may see; null: every source
+    can_upload: Mapped[bool] = mapped_column(Boolean, default=False)  # presigned uploads, bucket notifications
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[Optional[datetime]] = mapped_column()
+
+
+class AuditEntry(Base):
+    """What an operator did that cannot be undone (purge, forget) or that grants access (tokens), and its counts."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index(None, "at"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    action: Mapped[str] = mapped_column(String(32))  # purge, forget, token.add, token.revoke, grant-readonly
+    actor: Mapped[str] = mapped_column(String(255))  # the OS user that ran the command
+    source: Mapped[Optional[str]] = mapped_column(String(128))
+    criteria: Mapped[dict[str, Any]] = mapped_column()  # what was asked: key, before, retain_days, token name...
+    counts: Mapped[dict[str, Any]] = mapped_column()  # rows, objects, deliveries (by status) removed
 
 
 RESULT_TABLES = {"objects": ObjectRow, "text_lines": TextLineRow, "barcodes": BarcodeRow}

@@ -31,6 +31,10 @@ class BadKey(ValueError):
     pass
 
 
+class PresignUnsupported(RuntimeError):
+    """This store has no presigned upload URLs (the local folder store)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -50,6 +54,7 @@ class ObjectStore(Protocol):
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
     def presigned_get(self, key: str, expires: timedelta) -> str: ...
+    def presigned_put(self, key: str, expires: timedelta) -> str: ...
 
 
 def check_key(key: str) -> str:
@@ -136,6 +141,10 @@ class S3Store:
     def presigned_get(self, key: str, expires: timedelta) -> str:
         return self._call(self.client.presigned_get_object, self.bucket, check_key(key), expires=expires)
 
+    def presigned_put(self, key: str, expires: timedelta) -> str:
+        """A URL that lets its holder PUT this one key until it expires, without S3 credentials."""
+        return self._call(self.client.presigned_put_object, self.bucket, check_key(key), expires=expires)
+
 
 class LocalStore:
     """A folder: ``root/bucket/key``. The embedded default; an ETag is the MD5 of the content, as S3's."""
@@ -189,6 +198,9 @@ class LocalStore:
 
     def presigned_get(self, key: str, expires: timedelta) -> str:
         return self._path(key).resolve().as_uri()
+
+    def presigned_put(self, key: str, expires: timedelta) -> str:
+        raise PresignUnsupported("the local folder store cannot hand out upload URLs; set VLWATCH_S3_ENDPOINT")
 
 
 def open_store(*, endpoint: Optional[str], access_key: Optional[str], secret_key: Optional[str], bucket: str,

@@ -32,7 +32,8 @@ WEED_PORTS = {"master.port": 19333, "master.port.grpc": 29333, "volume.port": 18
               "filer.port": 18888, "filer.port.grpc": 28888, "s3.port.grpc": 28333, "admin.port": 23646,
               "admin.port.grpc": 33646}
 S3_ACCESS_KEY, S3_SECRET_KEY = "vlwatch", "vlwatch-secret"
-APT_PACKAGES = {"postgres": "postgresql", "redis": "redis-server", "mariadb": "mariadb-server"}
+APT_PACKAGES = {"postgres": "postgresql", "redis": "redis-server", "mariadb": "mariadb-server",
+                "chromium": "chromium", "chromedriver": "chromium-driver", "docker-compose": "docker-compose"}
 
 
 class StackError(RuntimeError):
@@ -235,6 +236,12 @@ def start_mariadb() -> None:
             f"--bind-address={HOST}", f"--pid-file={d}/mariadbd.pid", "--skip-name-resolve",
             "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0", *user], log, STACK / "mariadb.pid")
     _wait(_mariadb_ready, "MariaDB", log)
+
+
+def browser() -> tuple[str, str]:
+    """Debian's headless-capable Chromium and its WebDriver (installed with apt-get when missing and running as
+    root; never a browser download at run time): (chromium, chromedriver)."""
+    return _ensure_binary("chromium", "chromium"), _ensure_binary("chromedriver", "chromedriver")
 
 
 SERVICES: dict[str, tuple[Service, Callable[[], None]]] = {

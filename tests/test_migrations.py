@@ -32,7 +32,11 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:  # noqa: ANN001
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
-    assert _diff(url) == [] and head() == "0004"
+    assert _diff(url) == [] and head() == "0005"
+    command.downgrade(alembic_config(url), "0004")
+    engine = create_engine(url)
+    assert not {"api_tokens", "audit_log"} & set(inspect(engine).get_table_names())
+    engine.dispose()
     command.downgrade(alembic_config(url), "0003")
     engine = create_engine(url)
     tables, columns = set(inspect(engine).get_table_names()), {c["name"] for c in inspect(engine).get_columns("objects")}

@@ -31,7 +31,8 @@ def make_app(settings: Settings) -> Celery:
         task_create_missing_queues=True,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        worker_send_task_events=True,  # task events for Flower (`celery -A workers.celery_app flower`)
+        task_send_sent_event=True,
         # Redis: a task unacked by a worker that died comes back after this; the DB lease recovers sooner.
         broker_transport_options={"visibility_timeout": visibility, "unacked_restore_interval": 10},
     )

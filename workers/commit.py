@@ -4,6 +4,9 @@ rows (replacing those of an earlier attempt), its answers to checks (with the bo
 / ``job.failed`` outbox event and a ``check.failed`` event per answer whose expectation did not hold. Nothing is
 announced that is not committed, and a job whose lease was taken over writes nothing ("lost": the other worker's
 run counts).
+
+Capture time: stored in UTC. EXIF's own offset (OffsetTimeOriginal) wins; a camera that wrote none is read in its
+source's configured time zone (``sources.NAME.timezone``), else UTC (``model.decode.CaptureTime.in_utc``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from datetime import timezone, tzinfo
+from typing import Any, Callable, Optional
 
 from sqlalchemy import delete, insert, select, update
 
@@ -35,8 +39,14 @@ class _Answer:
     event: dict[str, Any]  # the image and job parts of a check.failed payload
 
 
-def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
-    """Write the outcome of every job of ``work`` still leased to ``owner``; see the module's text."""
+def _utc_zone(source: Optional[str]) -> tzinfo:
+    return timezone.utc
+
+
+def commit(db_url: str, owner: str, work: list[Work],
+           source_zone: Callable[[Optional[str]], tzinfo] = _utc_zone) -> list[Outcome]:
+    """Write the outcome of every job of ``work`` still leased to ``owner``; see the module's text.
+    ``source_zone(source name)`` is the zone of a source's camera clock (``AppConfig.source_zone``)."""
     outcomes: list[Outcome] = []
     with session_scope(db_url) as s:
         jobs = {r.id: r for r in s.execute(
@@ -82,8 +92,9 @@ def commit(db_url: str, owner: str, work: list[Work]) -> list[Outcome]:
                 outcomes.append(Outcome(w.job_id, "failed", w.failure))
             else:
                 d = w.decoded
-                image_row.update(width=d.width, height=d.height, captured_at=d.captured_at)
-                image.update(width=d.width, height=d.height, captured_at=iso(d.captured_at))
+                captured = d.capture_time.in_utc(source_zone(job.source)) if d.capture_time else None
+                image_row.update(width=d.width, height=d.height, captured_at=captured)
+                image.update(width=d.width, height=d.height, captured_at=iso(captured))
                 found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in RESULT_TABLES}
                 for result in w.results:
                     kind, extra = result.detections.kind, {"analyzer": result.lineage.analyzer}

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 from sqlalchemy.exc import OperationalError
 
 from model.decode import BadImage, decode_image
+from services import metrics
 from services.storage import ObjectNotFound, StorageUnavailable
 from workers.commit import commit
 from workers.lease import claim, release, renew
@@ -59,11 +60,29 @@ def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outc
         decode(rt, work)
         pair(rt, work)
         analyze(rt, work, leased_at)
-        return skipped + commit(rt.db_url, rt.worker_id, work)
+        t = time.perf_counter()
+        outcomes = commit(rt.db_url, rt.worker_id, work, rt.config.source_zone)
+        _count(work, outcomes, time.perf_counter() - t)
+        return skipped + outcomes
     except (StorageUnavailable, OperationalError) as exc:
         if claimed:
             release(rt.db_url, rt.worker_id, claimed)
         raise TransientError(f"jobs {list(job_ids)}: {exc}") from exc
+
+
+def _count(work: list[Work], outcomes: list[Outcome], commit_seconds: float) -> None:
+    """Metrics of the jobs this batch finished (``services.metrics``); lost jobs count for the worker that won."""
+    finished = {o.job_id: o.status for o in outcomes if o.status in ("succeeded", "failed")}
+    metrics.STAGE_SECONDS.labels(stage="commit").observe(commit_seconds)
+    for w in work:
+        status = finished.get(w.job_id)
+        if status is None:
+            continue
+        metrics.JOBS_FINISHED.labels(queue=w.queue, status=status).inc()
+        if status == "failed":
+            metrics.JOB_FAILURES.labels(reason=w.failure_class or "other").inc()
+        for stage, seconds in w.timings.items():
+            metrics.STAGE_SECONDS.labels(stage=stage).observe(seconds)
 
 
 def _live(work: list[Work]) -> list[Work]:
@@ -75,10 +94,10 @@ def check(rt: Runtime, work: list[Work]) -> None:
     the configuration."""
     for w in work:
         if w.attempts > rt.settings.max_attempts:
-            w.failure = (f"gave up after {w.attempts - 1} attempts: the worker was lost each time "
-                         f"(killed or out of memory?) while analysing {w.key}")
+            w.fail("worker_lost", f"gave up after {w.attempts - 1} attempts: the worker was lost each time "
+                                  f"(killed or out of memory?) while analysing {w.key}")
         elif w.profile not in rt.config.profiles:
-            w.failure = f"profile {w.profile!r} is not in the configuration file any more"
+            w.fail("config", f"profile {w.profile!r} is not in the configuration file any more")
 
 
 def fetch(rt: Runtime, work: list[Work]) -> None:
@@ -89,7 +108,7 @@ def fetch(rt: Runtime, work: list[Work]) -> None:
         try:
             w.data = rt.store.get(w.key)
         except ObjectNotFound:
-            w.failure = f"object {w.key!r} is not in bucket {rt.store.bucket!r} (deleted after upload?)"
+            w.fail("missing_object", f"object {w.key!r} is not in bucket {rt.store.bucket!r} (deleted after upload?)")
         w.timings["fetch"] = time.perf_counter() - t
 
     live = _live(work)
@@ -107,7 +126,7 @@ def decode(rt: Runtime, work: list[Work]) -> None:
             w.decoded = decode_image(w.data, max_bytes=rt.settings.max_image_bytes,
                                      max_pixels=rt.settings.max_image_pixels)
         except BadImage as exc:
-            w.failure = f"bad image {w.key!r}: {exc.reason}"
+            w.fail("bad_image", f"bad image {w.key!r}: {exc.reason}")
         w.timings["decode"] = time.perf_counter() - t
 
 
@@ -157,12 +176,13 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
                 analyzer = rt.analyzer(name, profile)
             except AnalyzerUnavailable as exc:
                 for w in group:
-                    w.failure = f"analyzer {name} is not available on this worker: {exc}"
+                    w.fail("analyzer_unavailable", f"analyzer {name} is not available on this worker: {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - a broken engine set-up fails its jobs, not the worker
                 log.exception("analyzer %s failed to load", name)
                 for w in group:
-                    w.failure = f"analyzer {name} failed to load on this worker: {type(exc).__name__}: {exc}"
+                    w.fail("analyzer_unavailable",
+                           f"analyzer {name} failed to load on this worker: {type(exc).__name__}: {exc}")
                 continue
             try:
                 results = _run(analyzer, group)
@@ -172,7 +192,7 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
             for w, r in zip(group, results):
                 w.timings[name] = share
                 if isinstance(r, str):
-                    w.failure = r
+                    w.fail("analyzer_error", r)
                 else:
                     w.results.append(r)
             if time.monotonic() - leased_at > rt.settings.lease_seconds / 4:

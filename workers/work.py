@@ -33,7 +33,12 @@ class Work:
     results: list = field(default_factory=list)  # one AnalyzerResult per analyzer run
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     failure: Optional[str] = None  # why the job failed, in words a person can act on
+    failure_class: Optional[str] = None  # its class for metrics: bad_image, missing_object, analyzer_error...
+    queue: str = ""
 
     @classmethod
     def of(cls, c: Claimed) -> "Work":
-        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts)
+        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts, queue=c.queue)
+
+    def fail(self, reason_class: str, reason: str) -> None:
+        self.failure_class, self.failure = reason_class, reason

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 import click
 
@@ -49,12 +49,20 @@ def build_connectors(ctx: Ctx, names: tuple[str, ...] = ()) -> dict[str, Any]:
 
 @click.command()
 @click.option("--watch", is_flag=True, help="Keep going (poll every VLWATCH_DISPATCH_INTERVAL_SECONDS).")
+@click.option("--metrics-port", type=int, default=None, envvar="VLWATCH_METRICS_PORT",
+              help="Serve Prometheus /metrics (delivery state) on this port.")
 @pass_ctx
-def dispatch(ctx: Ctx, watch: bool) -> None:
+def dispatch(ctx: Ctx, watch: bool, metrics_port: Optional[int]) -> None:
     """Deliver outbox events to webhook subscribers and connectors; also re-sends stuck jobs (the reconciler)."""
     from connectors.dispatch import dispatch_once
     from connectors.webhooks import WebhookSender
     from workers.lease import reconcile
+
+    if metrics_port is not None:
+        from services import metrics
+
+        metrics.add_state(metrics.DeliveriesState(ctx.db_url))
+        metrics.start_server(metrics_port)
 
     s = ctx.settings
     sync_webhooks(ctx)

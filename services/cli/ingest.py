@@ -53,15 +53,18 @@ def scan(ctx: Ctx, prefix: str, watch: bool, interval: float) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8471, show_default=True, type=int)
-@click.option("--token", envvar="VLWATCH_NOTIFY_TOKEN", default=None, help="Bearer token senders must present.")
+@click.option("--token", envvar="VLWATCH_NOTIFY_TOKEN", default=None,
+              help="A bearer token senders may present (besides API tokens made with --upload for every source).")
+@click.option("--no-auth", is_flag=True, help="Accept notifications without a token (local use only).")
 @click.option("--redis-url", default=None, help="Also consume MinIO's Redis notification target at this URL.")
 @click.option("--redis-key", default="vlwatch-events", show_default=True)
 @click.option("--redis-format", default="access", show_default=True, type=click.Choice(["access", "namespace"]))
 @pass_ctx
-def listen(ctx: Ctx, host: str, port: int, token: Optional[str], redis_url: Optional[str], redis_key: str,
-           redis_format: str) -> None:
+def listen(ctx: Ctx, host: str, port: int, token: Optional[str], no_auth: bool, redis_url: Optional[str],
+           redis_key: str, redis_format: str) -> None:
     """Register objects from bucket notifications: POST /events/s3 (S3 and MinIO webhook JSON) and
-    POST /events/seaweedfs (SeaweedFS filer webhook); optionally MinIO's Redis target."""
+    POST /events/seaweedfs (SeaweedFS filer webhook); optionally MinIO's Redis target. GET /healthz and /metrics
+    on the same port."""
     import signal
 
     from services.ingest.listener import consume_minio_redis, serve
@@ -75,7 +78,7 @@ def listen(ctx: Ctx, host: str, port: int, token: Optional[str], redis_url: Opti
             store=store, send_job=send, stop_event=stop)).start()
     try:
         serve(ctx.db_url, ctx.config, store, send, host=host, port=port, token=token, stop_event=stop,
-              on_ready=lambda url: click.echo(f"listening for bucket notifications on {url}"))
+              on_ready=lambda url: click.echo(f"listening for bucket notifications on {url}"), no_auth=no_auth)
     except KeyboardInterrupt:
         stop.set()
 

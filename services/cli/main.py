@@ -1,5 +1,5 @@
-"""The ``vlwatch`` group and its commands, by domain: database, ingestion, work, results, delivery (webhooks and
-connectors), demo and model tools."""
+"""The ``vlwatch`` group and its commands, by domain: database, ingestion, work, results (and the API that serves
+them), access tokens, retention, delivery (webhooks and connectors), demo and model tools."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import logging
 
 import click
 
-from services.cli import connectors, db, delivery, demo, ingest, model, results, webhooks, work
+from services.cli import (
+    connectors, db, delivery, demo, ingest, model, results, retention, serve, tokens, webhooks, work,
+)
 
 
 @click.group()
@@ -18,6 +20,6 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (db, ingest, work, delivery, results, webhooks, connectors, demo, model):
+for module in (db, ingest, work, delivery, results, serve, tokens, retention, webhooks, connectors, demo, model):
     for command in module.COMMANDS:
         main.add_command(command)

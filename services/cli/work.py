@@ -4,7 +4,11 @@ task was lost, reclaim jobs whose worker died)."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -16,14 +20,34 @@ from services.cli.context import Ctx, pass_ctx
 @click.option("--concurrency", "-c", default=1, show_default=True, type=int)
 @click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]))
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--metrics-port", type=int, default=None, envvar="VLWATCH_METRICS_PORT",
+              help="Serve Prometheus /metrics on this port (summed over the prefork children).")
 @pass_ctx
-def worker(ctx: Ctx, queues: str, concurrency: int, pool: str, loglevel: str) -> None:
+def worker(ctx: Ctx, queues: str, concurrency: int, pool: str, loglevel: str, metrics_port: Optional[int]) -> None:
     """Run a Celery worker on QUEUES (one process per GPU: use --pool solo on gpu queues)."""
+    if metrics_port is not None:
+        _multiprocess_metrics(ctx)
     from workers.runtime import Runtime, set_runtime
 
+    if metrics_port is not None:
+        from services.metrics import start_server
+
+        start_server(metrics_port)
     set_runtime(Runtime(ctx.settings, ctx.config, ctx.store(ensure_bucket=False)))
     ctx.celery().worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-l", loglevel,
                               "--prefetch-multiplier", "1", "-n", f"vlwatch-{queues.replace(',', '-')}@%h"])
+
+
+def _multiprocess_metrics(ctx: Ctx) -> None:
+    """Prefork children each write their samples to files in PROMETHEUS_MULTIPROC_DIR, which the parent sums. The
+    variable must be set before prometheus_client is first imported, and the folder must start empty."""
+    if "prometheus_client" in sys.modules and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        raise click.ClickException("prometheus_client was imported before the worker set up multiprocess metrics")
+    folder = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or ctx.settings.data_dir / f"metrics-{os.getpid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):  # samples of an earlier run
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 @click.command()

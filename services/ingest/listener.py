@@ -7,6 +7,12 @@ HTTP (stdlib ``ThreadingHTTPServer``, loopback by default):
 - ``POST /events/seaweedfs``: the SeaweedFS filer's webhook notifier (``notification.toml``:
   ``[notification.webhook] enabled = true, endpoint = "http://host:port/events/seaweedfs"``).
 - ``GET|HEAD`` on either path and ``GET /healthz``: 200 (MinIO probes its webhook target before sending).
+- ``GET /metrics``: Prometheus metrics of this process (notifications by outcome, images registered).
+
+Access: every POST needs a bearer token, either the ``--token`` given at start (the one MinIO and SeaweedFS are
+configured with) or an API token made with ``vlwatch tokens add NAME --upload`` for every source (a notification can
+name any key of the bucket, so source-scoped tokens are refused with 403). Without a valid token the answer is 401.
+Only ``--no-auth`` (local use) turns the check off.
 
 Wiring the producers (``vlwatch`` listening on 127.0.0.1:8471 with token ``T``)::
 
@@ -29,7 +35,7 @@ Wiring the producers (``vlwatch`` listening on 127.0.0.1:8471 with token ``T``):
 
 A POST is registered before it is answered (a few milliseconds: one SQL round trip, one stat per new key), so
 a 200 means the job exists: 400 says why a document is malformed (the sender should not retry it); 401 is a
-missing or wrong bearer token; 503 means PostgreSQL or the store is unreachable, and the sender retries (both
+missing or wrong bearer token, 403 a token without the right to register; 503 means PostgreSQL or the store is unreachable, and the sender retries (both
 MinIO and the SeaweedFS filer retry non-2xx answers). The answer body is the counts as JSON.
 
 Redis: ``consume_minio_redis`` reads MinIO's Redis target. ``access`` format (a list, RPUSH): entries are moved
@@ -40,18 +46,19 @@ the hash is scanned every ``poll_seconds``; registration is idempotent, so resca
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 
+from services import metrics
 from services.config import AppConfig
 from services.ingest.register import SendJob
 from services.ingest.bucket_events import SEAWEED_BUCKETS_DIR, NotificationError, parse_minio_redis
 from services.ingest.event_ingest import IngestCounts, ingest_document, ingest_events
 from services.storage import StorageUnavailable
+from services.tokens import Authenticator
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +84,10 @@ class NotifyServer(ThreadingHTTPServer):
 
     def __init__(self, db_url: str, config: AppConfig, store, send_job: SendJob,  # noqa: ANN001
                  host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
-                 verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR) -> None:
+                 verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR, no_auth: bool = False) -> None:
         self.db_url, self.config, self.store, self.send_job = db_url, config, store, send_job
-        self.token, self.verify, self.buckets_dir = token, verify, buckets_dir
+        self.auth = Authenticator(db_url, no_auth=no_auth, static_token=token)
+        self.verify, self.buckets_dir = verify, buckets_dir
         self.totals = IngestCounts()
         self._lock = threading.Lock()
         super().__init__((host, port), _Handler)
@@ -89,13 +97,14 @@ class NotifyServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
-    def authorized(self, header: Optional[str]) -> bool:
-        if not self.token:
-            return True
-        if not header:
-            return False
-        value = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else header.strip()
-        return hmac.compare_digest(value.encode(), self.token.encode())
+    def refusal(self, header: Optional[str]) -> Optional[tuple[int, str]]:
+        """None when the ``Authorization`` header may register objects, else (status, reason)."""
+        who = self.auth.principal(header)
+        if who is None:
+            return 401, "missing or wrong bearer token"
+        if not who.can_upload or who.sources is not None:
+            return 403, f"token {who.name!r} may not register objects (needs --upload and every source)"
+        return None
 
     def handle_document(self, fmt: str, body: bytes) -> IngestCounts:
         counts = ingest_document(self.db_url, self.config, self.store, fmt, body, self.send_job,
@@ -115,9 +124,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s " + format, self.address_string(), *args)
 
     def _answer(self, status: int, payload: dict, head: bool = False) -> None:
-        body = json.dumps(payload).encode()
+        self._send(status, json.dumps(payload).encode(), "application/json", head)
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool = False) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if not head:
@@ -130,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self._path()
         if path in ROUTES or path == "/healthz":
             self._answer(200, {"ok": True})
+        elif path == "/metrics":
+            self._send(200, *metrics.exposition())
         else:
             self._answer(404, {"error": f"no such endpoint {path}"})
 
@@ -145,9 +158,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._drain(length)
             self._answer(404, {"error": f"no such endpoint {path} (known: {', '.join(ROUTES)})"})
             return
-        if not self.server.authorized(self.headers.get("Authorization")):
+        refused = self.server.refusal(self.headers.get("Authorization"))
+        if refused is not None:
             self._drain(length)
-            self._answer(401, {"error": "missing or wrong bearer token"})
+            metrics.NOTIFICATIONS.labels(outcome="refused").inc()
+            self._answer(refused[0], {"error": refused[1]})
             return
         if length <= 0:
             self._answer(400, {"error": "empty body (a JSON event document is expected)"})
@@ -161,9 +176,11 @@ class _Handler(BaseHTTPRequestHandler):
             counts = self.server.handle_document(fmt, body)
         except NotificationError as exc:
             log.warning("rejected %s notification: %s", fmt, exc)
+            metrics.NOTIFICATIONS.labels(outcome="malformed").inc()
             self._answer(400, {"error": str(exc)})
             return
         except Exception as exc:  # noqa: BLE001 - the server keeps going; the sender retries on 5xx
+            metrics.NOTIFICATIONS.labels(outcome="error").inc()
             if _transient(exc):
                 log.warning("cannot register %s notification now (%s); the sender will retry", fmt, exc)
                 self._answer(503, {"error": f"temporarily unavailable: {type(exc).__name__}"})
@@ -171,6 +188,7 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("failed to ingest %s notification", fmt)
                 self._answer(500, {"error": f"internal error: {type(exc).__name__}"})
             return
+        metrics.NOTIFICATIONS.labels(outcome="registered").inc()
         self._answer(200, counts.as_dict())
 
     def _drain(self, length: int) -> None:
@@ -184,13 +202,13 @@ def serve(
     db_url: str, config: AppConfig, store, send_job: SendJob, host: str = "127.0.0.1",  # noqa: ANN001
     port: int = DEFAULT_PORT, token: Optional[str] = None, stop_event: Optional[threading.Event] = None,
     verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR,
-    on_ready: Optional[Callable[[str], None]] = None,
+    on_ready: Optional[Callable[[str], None]] = None, no_auth: bool = False,
 ) -> IngestCounts:
     """Run the HTTP receiver until ``stop_event`` is set (forever if None); returns the totals.
 
     ``port=0`` picks a free port; ``on_ready(url)`` is called once the socket listens.
     """
-    server = NotifyServer(db_url, config, store, send_job, host, port, token, verify, buckets_dir)
+    server = NotifyServer(db_url, config, store, send_job, host, port, token, verify, buckets_dir, no_auth)
     log.info("listening for bucket notifications on %s (/events/s3, /events/seaweedfs)", server.url)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                               name="notify-http")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from services import metrics
 from services.config import AppConfig
 from services.db import insert_ignore, session_scope
 from services.schema import Image, Job, Source, utcnow
@@ -157,5 +158,6 @@ def register_and_send(
 ) -> list[Registered]:
     with session_scope(db_url) as s:
         registered = register_objects(s, config, bucket, objects, source, source_ids)
+    metrics.IMAGES_REGISTERED.inc(sum(r.created for r in registered))
     send_registered(db_url, registered, send_job)
     return registered

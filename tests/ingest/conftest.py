@@ -78,11 +78,12 @@ def jobs(db_url: str) -> Callable[[], list[tuple[str, str, str, bool]]]:
 @pytest.fixture
 def receiver(db_url: str, notify_config: AppConfig, store: S3Store,
              sender) -> Iterator[Callable[..., NotifyServer]]:  # noqa: ANN001
-    """Start the HTTP receiver on a free loopback port (token optional); stopped after the test."""
+    """Start the HTTP receiver on a free loopback port, with a static token or else ``--no-auth``; stopped after
+    the test."""
     started: list[tuple[NotifyServer, threading.Thread]] = []
 
     def start(token: str | None = None, db: str | None = None) -> NotifyServer:
-        srv = NotifyServer(db or db_url, notify_config, store, sender, "127.0.0.1", 0, token)
+        srv = NotifyServer(db or db_url, notify_config, store, sender, "127.0.0.1", 0, token, no_auth=token is None)
         t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         t.start()
         started.append((srv, t))
