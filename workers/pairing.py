@@ -9,15 +9,16 @@ of a source, and an image without a source, have none (their ``with_previous`` c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Optional, Sequence
+from datetime import tzinfo
+from typing import Callable, Optional, Sequence
 
 from PIL import Image as PILImage
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
+from model.decode import CaptureTime
 from services.db import session_scope
-from services.schema import Image, Job, JobStatus
+from services.schema import Image, Job, JobStatus, Source
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,24 @@ class Previous:
     image: PILImage.Image
 
 
-def previous_images(db_url: str, items: Sequence[tuple[int, Optional[datetime]]]) -> dict[int, PreviousRef]:
+def previous_images(db_url: str, items: Sequence[tuple[int, Optional[CaptureTime]]],
+                    source_zone: Callable[[Optional[str]], tzinfo]) -> dict[int, PreviousRef]:
     """For ``(image id, capture time read from its bytes or None)`` pairs: image id -> its previous image, for
-    those that have one."""
+    those that have one. ``source_zone(source name)`` reads a capture time without an offset, as commit does."""
     out: dict[int, PreviousRef] = {}
     with session_scope(db_url) as s:
-        for image_id, captured_at in items:
-            ref = _previous(s, image_id, captured_at)
+        for image_id, capture in items:
+            ref = _previous(s, image_id, capture, source_zone)
             if ref is not None:
                 out[image_id] = ref
     return out
 
 
-def _previous(s: Session, image_id: int, captured_at: Optional[datetime]) -> Optional[PreviousRef]:
-    cur = s.execute(select(Image.source_id, Image.uploaded_at).where(Image.id == image_id)).one()
-    when = captured_at or cur.uploaded_at
+def _previous(s: Session, image_id: int, capture: Optional[CaptureTime],
+              source_zone: Callable[[Optional[str]], tzinfo]) -> Optional[PreviousRef]:
+    cur = s.execute(select(Image.source_id, Image.uploaded_at, Source.name)
+                    .outerjoin(Source, Source.id == Image.source_id).where(Image.id == image_id)).one()
+    when = capture.in_utc(source_zone(cur.name)) if capture is not None else cur.uploaded_at
     if cur.source_id is None or when is None:
         return None
     at = func.coalesce(Image.captured_at, Image.uploaded_at)

@@ -138,7 +138,7 @@ def pair(rt: Runtime, work: list[Work]) -> None:
     if not wanting:
         return
     t = time.perf_counter()
-    refs = previous_images(rt.db_url, [(w.image_id, w.decoded.captured_at) for w in wanting])
+    refs = previous_images(rt.db_url, [(w.image_id, w.decoded.capture_time) for w in wanting], rt.config.source_zone)
     images: dict[int, Optional[Previous]] = {}  # one fetch per previous image, however many jobs it pairs
     for w in wanting:
         ref = refs.get(w.image_id)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from services.api.app import Api, Caller, Conn, api, scope_for, uploader, visible_image
 from services.api.models import Deliveries, ImageDetail, JobsPage, SearchPage, UploadRequest, UploadTicket
 from services.api.pictures import annotated_png, upright_jpeg
-from services.api.search import CheckResultsUnavailable, Search, deliveries, list_jobs, search_images
+from services.api.search import Search, deliveries, list_jobs, search_images
 from services.queries import image_results
 from services.schema import Image, Source
 from services.storage import ObjectNotFound, PresignUnsupported
@@ -47,10 +47,7 @@ def search_from(who: Principal, source: Optional[str] = None, since: Optional[da
 
 
 def run_search(conn: Conn, who: Principal, q: Search) -> SearchPage:
-    try:
-        items, cursor = search_images(conn, q, who.sources)
-    except CheckResultsUnavailable as exc:
-        raise HTTPException(400, str(exc)) from None
+    items, cursor = search_images(conn, q, who.sources)
     return SearchPage(items=items, next_before_id=cursor)
 
 

@@ -9,7 +9,7 @@ Search semantics (documented in docs/api.md, timed by bench/search.py):
   line containing the words (case-insensitive); ``min_score``: with ``label`` or ``text``, their rows must reach it;
   alone, some object or text line must; barcodes have no score and always pass;
 - ``status``: the image has a job in that status (``failed``: failed jobs); ``check``/``passed``: an answer to that
-  check (the ``answers`` table of VL2 checks, where it exists);
+  check (the ``answers`` table of VL2 checks);
 - newest image first (by id); ``before_id`` is the cursor of the next page.
 """
 
@@ -19,20 +19,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from sqlalchemy import Connection, and_, exists, func, inspect, literal, or_, select, table, column
+from sqlalchemy import Connection, and_, exists, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from services.schema import (
-    BarcodeRow, ConnectorDelivery, ConnectorTarget, DeliveryStatus, Image, Job, ObjectRow, OutboxEvent, Source,
+    AnswerRow, BarcodeRow, ConnectorDelivery, ConnectorTarget, DeliveryStatus, Image, Job, ObjectRow, OutboxEvent, Source,
     TextLineRow, WebhookDelivery, WebhookSubscription,
 )
 
 MAX_PAGE = 200
 SCORED = (ObjectRow, TextLineRow)
-
-
-class CheckResultsUnavailable(LookupError):
-    """A search named a check, and this database has no ``answers`` table (VL2 checks are not installed)."""
 
 
 @dataclass(frozen=True)
@@ -72,13 +68,6 @@ def _has(row: Any, *where: ColumnElement) -> ColumnElement:
     return exists().where(row.image_id == Image.id, *where)
 
 
-def _answers(conn: Connection) -> Any:
-    """The ``answers`` table of VL2 checks (image_id, check, passed), or None where it does not exist."""
-    if not inspect(conn).has_table("answers"):
-        return None
-    return table("answers", column("image_id"), column("check"), column("passed"))
-
-
 def search_images(conn: Connection, q: Search, scope: Optional[frozenset[str]]) -> tuple[list[dict[str, Any]],
                                                                                           Optional[int]]:
     """One page of images matching ``q`` within ``scope``, newest first; and the cursor of the next page."""
@@ -99,14 +88,9 @@ def search_images(conn: Connection, q: Search, scope: Optional[frozenset[str]]) 
         where.append(_has(BarcodeRow, BarcodeRow.value == q.barcode))
     if q.status is not None:
         where.append(exists().where(Job.image_id == Image.id, Job.status == q.status))
-    if q.check is not None:
-        answers = _answers(conn)
-        if answers is None:
-            raise CheckResultsUnavailable("check results are not available: this database has no answers table")
-        cond = [answers.c.image_id == Image.id, answers.c.check == q.check]
-        if q.passed is not None:
-            cond.append(answers.c.passed.is_(q.passed))
-        where.append(exists().where(*cond))
+    if q.check is not None:  # an answer to that check (VL2 checks), passed or failed if asked
+        where.append(_has(AnswerRow, AnswerRow.check_name == q.check,
+                          *([] if q.passed is None else [AnswerRow.passed.is_(q.passed)])))
     if q.before_id is not None:
         where.append(Image.id < q.before_id)
     limit = max(1, min(q.limit, MAX_PAGE))

@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
 from services.db import get_engine, session_scope
-from services.schema import Base, Image, Job, ObjectRow
+from services.schema import AnswerRow, Base, Image, Job, ObjectRow
 from services.tokens import add_token
 from tests import images
 from tests.ingest.events import doc
@@ -165,9 +165,14 @@ def site(app_env, migrated_pg, redis_url, celery_app, tmp_path_factory) -> Itera
             for label, score, box in (("pallet", 0.92, (40, 60, 700, 560)), ("person", 0.35, (900, 80, 1100, 600))):
                 s.add(ObjectRow(job_id=job, image_id=photo, analyzer="vl2-ground", label=label, phrase=label,
                                 x1=box[0], y1=box[1], x2=box[2], y2=box[3], score=score))
+            for image, passed in ((photo, False), (site.ids[SHELF[0]], True)):  # and vl2-ask's answers
+                s.add(AnswerRow(job_id=s.scalar(select(Job.id).where(Job.image_id == image)), image_id=image,
+                                analyzer="vl2-ask", check_name="fire-exit-clear", question="Is the fire exit blocked?",
+                                kind="yes_no", status="ok", raw_text="Yes." if not passed else "No.",
+                                value_bool=not passed, expected={"equals": False}, passed=passed, severity="high"))
         site.scrapes["api_after_run"] = scrape(api + "/metrics")
 
-        from connectors.outbox import add_subscription
+        from connectors.webhooks import add_subscription
 
         with session_scope(migrated_pg) as s:  # a subscriber that never answers: deliveries retry, then die
             add_subscription(s, "gone", f"http://127.0.0.1:{free_port()}/hook", ["*"])

@@ -46,8 +46,9 @@ class World:
     and a connector, security events with snapshot links in the target database."""
 
     def __init__(self, db_url: str, runtime: Any, target_url: str) -> None:
-        from connectors.delivery import sync_connectors
-        from connectors.outbox import add_subscription, dispatch_once
+        from connectors.databases import sync_connectors
+        from connectors.dispatch import dispatch_once
+        from connectors.webhooks import add_subscription
         from connectors.security import SecurityConnector, events
         from workers.pipeline import run_batch
 

@@ -9,6 +9,7 @@ import pytest
 
 from services.db import session_scope
 from services.schema import Image, Job, Source
+from model.decode import CaptureTime
 from workers.pairing import PreviousRef, previous_images
 
 pytestmark = pytest.mark.services
@@ -41,7 +42,8 @@ def test_previous_images(db_url):  # noqa: ANN001
 
     def previous(key: str, captured: datetime | None) -> str | None:
         """``captured``: the capture time the worker read from the image's bytes (None without EXIF)."""
-        got = previous_images(db_url, [(ids[key], captured)])
+        capture = None if captured is None else CaptureTime(captured.replace(tzinfo=None), timedelta(0))
+        got = previous_images(db_url, [(ids[key], capture)], lambda source: timezone.utc)
         assert set(got) <= {ids[key]}
         return got[ids[key]].key if got else None
 
@@ -51,5 +53,10 @@ def test_previous_images(db_url):  # noqa: ANN001
     assert previous("b", None) == "a"
     assert previous("a", T) is None  # the source's first image
     assert previous("orphan", T + timedelta(minutes=12)) is None  # no source
-    both = previous_images(db_url, [(ids["new"], None), (ids["b"], None)])
+    # a camera clock two hours ahead of UTC, read in its source's zone: 10:04 there is 08:04 UTC
+    berlin_ish = previous_images(db_url, [(ids["new"], CaptureTime(T.replace(tzinfo=None) + timedelta(hours=2,
+                                                                                                    minutes=4), None))],
+                                 lambda source: timezone(timedelta(hours=2)) if source == "cam" else timezone.utc)
+    assert berlin_ish[ids["new"]].key == "a"
+    both = previous_images(db_url, [(ids["new"], None), (ids["b"], None)], lambda source: timezone.utc)
     assert both == {ids["new"]: PreviousRef(ids["f"], "f"), ids["b"]: PreviousRef(ids["a"], "a")}
