@@ -6,15 +6,16 @@ Where the exact path spends its time on a 12 MP JPEG at one thread: a full-resol
 resizes of the full image (global view and local canvas), a padded copy per view, a crop per tile and a float
 normalisation over a trailing axis of 3. This path instead
 
-1. decodes a JPEG at reduced scale (libjpeg DCT scaling through ``draft``: 1/8, 1/4 or 1/2) when the reduced image
-   is still 1.5x the local content (``_draft``); the scale must divide both sides, so the reduced image covers
-   exactly the full one and the geometry stays the full image's;
+1. decodes a JPEG at reduced scale (libjpeg-turbo DCT scaling: 1/8, 1/4 or 1/2) when the reduced image is still
+   1.5x the local content (``jpeg_scale``); the scale must divide both sides, so the reduced image covers exactly
+   the full one and the geometry stays the full image's. JPEG bytes decode straight into a numpy array
+   (simplejpeg, same pixels as Pillow's decoder);
 2. resizes once, to the local canvas content, and resizes the global view from that content (the shared
    reduction: every candidate is >= S in both directions, so the content always holds the global view's
    resolution). Resizes are torch's antialiased bicubic uint8 kernel, which follows Pillow's within one level;
 3. pastes uint8 pixels straight into one [tiles, 3, S, S] canvas filled once with the pad colour, and converts
-   and normalises it in three vectorised passes with the official float32 arithmetic ``(x / 255 - mean) / std``
-   (numpy ufuncs as the exact path, so equal pixels give equal floats).
+   and normalises it in two vectorised passes that give the official float32 results of ``(x / 255 - mean) / std``
+   (``_normalize``), so equal pixels give equal floats.
 
 Geometry (best resolution, ``ImageOps.contain`` sizes, centring offsets) is computed from the original size with
 Pillow's own arithmetic. Where nothing is resized (a 1024x768 image is its own local content in a 1152x768 canvas),
@@ -24,10 +25,12 @@ the local tiles are bit-identical to the exact path's.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -44,7 +47,7 @@ class TileSpec:
 
     candidates: tuple[tuple[int, int], ...]
     image_size: int = 384
-    pad_color: int = 127
+    pad_color: tuple[int, int, int] = (127, 127, 127)  # official: int(mean * 255) per channel
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     normalize: bool = True
@@ -87,42 +90,68 @@ def fast_tiles(source: bytes | Image.Image, spec: TileSpec, cropping: bool = Tru
         best = select_best_resolution(upright, spec.candidates) if cropping else (s, s)
     local = contain_size(upright, best)
     local_stored = (local[1], local[0]) if orientation in _SWAPS_AXES else local  # in the file's orientation
-    _draft(im, local_stored)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    pixels = torch.from_numpy(np.array(im))  # [H, W, 3] uint8, the one writable copy out of Pillow
+    pixels = _decode(source, im, local_stored)  # [H, W, 3] uint8, reduced at decode where that is safe
     content = _resize_u8(pixels, local_stored)
     if orientation in _TRANSPOSE:
         content = _orient(content, orientation).contiguous()
     glob = _resize_u8(content, contain_size(upright, (s, s)))  # the shared reduction: from the content
 
     nw, nh = best[0] // s, best[1] // s
-    canvas = np.full((1 + nw * nh, 3, s, s), spec.pad_color, dtype=np.uint8)  # [tiles, 3, S, S]
+    canvas = np.empty((1 + nw * nh, 3, s, s), dtype=np.uint8)  # [tiles, 3, S, S]
+    canvas[:] = np.asarray(spec.pad_color, dtype=np.uint8)[:, None, None]  # [3, 1, 1] per channel
     _paste(canvas[:1], glob.numpy(), pad_offset((glob.shape[1], glob.shape[0]), (s, s)), 1)
     _paste(canvas[1:], content.numpy(), pad_offset(local, best), nw)
     out = np.divide(canvas, np.float32(255), dtype=np.float32)  # ToTensor: float32(x) / 255, one pass
     if spec.normalize:
-        mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]  # [3, 1, 1]
-        std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-        np.subtract(out, mean, out=out)
-        np.divide(out, std, out=out)
+        _normalize(out, spec)
     return torch.from_numpy(out), (nw, nh)
 
 
-def _draft(im: Image.Image, need: tuple[int, int]) -> None:
-    """Make a JPEG that is not decoded yet decode at 1/8, 1/4 or 1/2 scale: the largest that divides both sides
-    (so the reduced image covers exactly the full one) and leaves at least ``DRAFT_MARGIN`` x ``need`` (w, h) pixels.
+def _normalize(x: np.ndarray, spec: TileSpec) -> None:
+    """``(x - mean) / std`` in place, giving the official float32 results. Where all channels share one mean and one
+    power-of-two std (the releases: 0.5 and 0.5) it is one pass: ``x / std`` is then exact, so
+    ``x * (1 / std) - mean / std`` rounds once, at the same place as ``(x - mean) / std``."""
+    m, s = np.float32(spec.mean[0]), np.float32(spec.std[0])
+    if len(set(spec.mean)) == 1 and len(set(spec.std)) == 1 and math.frexp(s)[0] == 0.5:
+        t = torch.from_numpy(x)  # [tiles, 3, S, S], shares x's memory
+        torch.add(torch.tensor(float(m) / float(s)).neg(), t, alpha=1.0 / float(s), out=t)
+        return
+    np.subtract(x, np.asarray(spec.mean, dtype=np.float32)[:, None, None], out=x)  # [3, 1, 1] per channel
+    np.divide(x, np.asarray(spec.std, dtype=np.float32)[:, None, None], out=x)
+
+
+def jpeg_scale(im: Image.Image, need: tuple[int, int]) -> int:
+    """The JPEG scale reduction (8, 4, 2; 1 = none) to decode ``im`` at: the largest that divides both sides (so the
+    reduced image covers exactly the full one) and leaves at least ``DRAFT_MARGIN`` x ``need`` (w, h) pixels.
 
     The margin keeps the final antialiased bicubic resize doing the filtering: measured on textured scenes, a
     reduced image 1.1-1.2x the content gives 37-42 dB against the exact path (the DCT scaling's own filter shows),
     1.5-1.7x gives 45-48 dB, 3x and more above 50 dB."""
-    if getattr(im, "format", None) != "JPEG" or not getattr(im, "tile", None):
-        return
+    if getattr(im, "format", None) != "JPEG" or not getattr(im, "tile", None):  # not a JPEG, or decoded already
+        return 1
     w, h = im.size
-    for s in (8, 4, 2):
-        if w % s == 0 and h % s == 0 and w // s >= DRAFT_MARGIN * need[0] and h // s >= DRAFT_MARGIN * need[1]:
-            im.draft(None, (w // s, h // s))
-            return
+    return next((s for s in (8, 4, 2) if w % s == 0 and h % s == 0 and w // s >= DRAFT_MARGIN * need[0]
+                 and h // s >= DRAFT_MARGIN * need[1]), 1)
+
+
+def _decode(source: bytes | Image.Image, im: Image.Image, need: tuple[int, int]) -> torch.Tensor:
+    """The stored pixels [H, W, 3] uint8 at ``jpeg_scale``. JPEG bytes in RGB or grey go through simplejpeg
+    (libjpeg-turbo straight into a numpy array: the same pixels as Pillow's decoder, without Pillow's two copies
+    out of its own buffer); anything else (CMYK JPEGs, PNG, a PIL image) through Pillow, with ``draft``."""
+    s = jpeg_scale(im, need)
+    w, h = im.width // s, im.height // s
+    if isinstance(source, bytes) and im.format == "JPEG" and im.mode in ("RGB", "L"):
+        try:
+            arr = simplejpeg.decode_jpeg(source, colorspace="RGB", min_width=w, min_height=h)
+        except ValueError:  # what simplejpeg cannot read, Pillow reports in its own words below
+            arr = None
+        if arr is not None and arr.shape == (h, w, 3):
+            return torch.from_numpy(arr)
+    if s > 1:
+        im.draft(None, (w, h))
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return torch.from_numpy(np.array(im))  # the one writable copy out of Pillow
 
 
 def _orient(pixels: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -171,7 +200,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 2.0) -> float:
     return float("inf") if mse == 0 else 10.0 * float(np.log10(peak * peak / mse))
 
 
-def tile_spec(candidates: Sequence[Sequence[int]], image_size: int, pad_color: int, mean: Sequence[float],
-              std: Sequence[float], normalize: bool) -> TileSpec:
-    return TileSpec(tuple((int(w), int(h)) for w, h in candidates), int(image_size), int(pad_color),
+def tile_spec(candidates: Sequence[Sequence[int]], image_size: int, pad_color: Sequence[int],
+              mean: Sequence[float], std: Sequence[float], normalize: bool) -> TileSpec:
+    return TileSpec(tuple((int(w), int(h)) for w, h in candidates), int(image_size),
+                    tuple(int(c) for c in pad_color),  # type: ignore[arg-type]
                     tuple(float(x) for x in mean), tuple(float(x) for x in std), normalize)  # type: ignore[arg-type]

@@ -103,7 +103,7 @@ class VL2Processor:
         self.image_token = image_token
         # official: tuple(int(x * 255) for x in mean) -> 127 for 0.5
         self.pad_color = tuple(int(x * 255) for x in image_mean)
-        self.tile_spec = tile_spec(self.candidate_resolutions, self.image_size, self.pad_color[0], image_mean,
+        self.tile_spec = tile_spec(self.candidate_resolutions, self.image_size, self.pad_color, image_mean,
                                    image_std, normalize)
 
     @classmethod

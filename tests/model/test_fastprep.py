@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
-from tests.model.images import camera_scene, jpeg
+from tests.images import camera_jpeg as jpeg
+from tests.images import camera_scene
 
 from model.vl2.config import VL2Config
 from model.vl2.fastprep import contain_size, fast_tiles, pad_offset, psnr
@@ -58,19 +59,38 @@ def test_unresized_local_tiles_are_bit_identical(proc: VL2Processor) -> None:
     assert not torch.equal(got[1:, :, :, :32], torch.zeros_like(got[1:, :, :, :32]))  # pad, then content
 
 
+def test_per_channel_normalisation_is_the_exact_arithmetic() -> None:
+    """Means and stds that differ per channel (not the releases') take the general path: still the same floats."""
+    proc = VL2Processor(VL2Tokenizer.from_dir(TOKENIZER), VL2Config.from_name("tiny").candidate_resolutions,
+                        image_mean=(0.48145466, 0.4578275, 0.40821073), image_std=(0.26862954, 0.26130258, 0.27577711))
+    data = jpeg(camera_scene(1024, 768, seed=4))
+    want, _ = exact_tiles(proc, data)
+    got, _ = fast_tiles(data, proc.tile_spec)
+    assert torch.equal(got[1:], want[1:])
+
+
 def test_large_jpeg_is_decoded_at_reduced_scale(proc: VL2Processor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import simplejpeg
     from PIL import JpegImagePlugin
 
-    drafts: list[tuple[int, int]] = []
-    real = JpegImagePlugin.JpegImageFile.draft
+    sizes: list[tuple[int, int]] = []
+    real_sj, real_draft = simplejpeg.decode_jpeg, JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda data, **kw: sizes.append(
+        (kw["min_width"], kw["min_height"])) or real_sj(data, **kw))
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
-                        lambda self, mode, size: drafts.append(size) or real(self, mode, size))
+                        lambda self, mode, size: sizes.append(size) or real_draft(self, mode, size))
     plain = Image.linear_gradient("L").convert("RGB")
     fast_tiles(jpeg(plain.resize((4000, 3000))), proc.tile_spec)  # content 1152x864: 1/2 (2000x1500) keeps 1.5x
-    fast_tiles(jpeg(plain.resize((2560, 1920))), proc.tile_spec)  # 1/2 would leave 1280 < 1.5 x 1152: none
+    fast_tiles(jpeg(plain.resize((2560, 1920))), proc.tile_spec)  # 1/2 would leave 1280 < 1.5 x 1152: full size
     fast_tiles(jpeg(plain.resize((2560, 1920))), proc.tile_spec, cropping=False)  # content 384x288: 1/4
-    fast_tiles(jpeg(plain.resize((1024, 768))), proc.tile_spec)
-    assert drafts == [(2000, 1500), (640, 480)]
+    lazy = Image.open(io.BytesIO(jpeg(plain.resize((4000, 3000)))))
+    fast_tiles(lazy, proc.tile_spec)  # a PIL image not decoded yet: Pillow's draft, in place
+    assert sizes == [(2000, 1500), (2560, 1920), (640, 480), (2000, 1500)] and lazy.size == (2000, 1500)
+    cmyk = jpeg(plain.resize((64, 48)).convert("CMYK"))  # simplejpeg reads no CMYK: Pillow decodes it
+    assert Image.open(io.BytesIO(cmyk)).mode == "CMYK"
+    want, grid = exact_tiles(proc, cmyk)
+    got, fast_grid = fast_tiles(cmyk, proc.tile_spec)
+    assert fast_grid == grid and psnr(got, want) >= 40.0
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
