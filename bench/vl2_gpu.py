@@ -121,7 +121,8 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=None, help="requests per stream (default 256; --tiny 16)")
     ap.add_argument("--batch1-images", type=int, default=None, help="requests timed at batch 1 (default 8; tiny 3)")
     ap.add_argument("--max-batch", type=int, default=None, help="scheduler and static batch (default 64; tiny 4)")
-    ap.add_argument("--budget", default=None, help="the constrained run's budget (default 10GiB; --tiny: 3 slots)")
+    ap.add_argument("--budget", default=None, help="the constrained run's budget (default 10GiB; --tiny: the estimate "
+                    "of three requests)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense bf16 peak (default: by name)")
     args = ap.parse_args()
     device, dtype = ("cpu", torch.float32) if args.tiny else ("cuda", torch.bfloat16)

@@ -110,6 +110,7 @@ class Scheduler:
                                  "penalty (what the analyzers run); use generation.generate for sampling")
         self._inbox.append(request)  # deque.append is atomic: safe from preprocessing threads
 
+    @torch.no_grad()
     def step(self) -> list[RequestResult]:
         while self._inbox:
             self._enqueue(self._inbox.popleft())
