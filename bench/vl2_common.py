@@ -52,3 +52,22 @@ def timed(fn, sync=lambda: None) -> tuple[float, object]:  # type: ignore[no-unt
     out = fn()
     sync()
     return time.perf_counter() - t0, out
+
+
+def toy_config() -> VL2Config:
+    """The release structure at toy size (tiny's plain MHA, softmax top-k routing, dense layer 0; 28 px tiles of
+    4 px patches), for CPU runs that prove a bench script works, not for figures."""
+    from model.vl2.config import LanguageConfig, ProjectorConfig, VisionConfig
+
+    lang = LanguageConfig(vocab_size=512, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                          num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, n_routed_experts=8,
+                          n_shared_experts=2, num_experts_per_tok=3, first_k_dense_replace=1, topk_method="greedy",
+                          n_group=1, topk_group=1, max_position_embeddings=1024, bos_token_id=0, eos_token_id=1,
+                          q_lora_rank=None, use_mla=False, kv_lora_rank=None, qk_rope_head_dim=0,
+                          qk_nope_head_dim=0, v_head_dim=0)
+    cfg = VL2Config(language=lang, vision=VisionConfig(model_name="toy", image_size=28, patch_size=4, width=48,
+                                                       layers=2, heads=4, mlp_ratio=2.5),
+                    projector=ProjectorConfig(input_dim=48, n_embed=64), tile_tag="2D", global_view_pos="head",
+                    candidate_resolutions=[[28 * w, 28 * h] for w in (1, 2, 3) for h in (1, 2, 3)], name="toy")
+    cfg.validate()
+    return cfg

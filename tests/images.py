@@ -24,7 +24,7 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _jpeg(image: Image.Image, **kw: object) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=92, **kw)
+    image.save(buf, format="JPEG", **{"quality": 92, **kw})
     return buf.getvalue()
 
 
@@ -88,6 +88,31 @@ def png16_values(width: int = 64) -> np.ndarray:
 def cmyk_jpeg(rgb: tuple[int, int, int] = (200, 40, 40), size: tuple[int, int] = (64, 48)) -> bytes:
     """A CMYK JPEG of one flat colour (Pillow writes Adobe-marked, inverted CMYK, like Photoshop)."""
     return _jpeg(Image.new("RGB", size, rgb).convert("CMYK"))
+
+
+def camera_jpeg(image: Image.Image, orientation: int | None = None, quality: int = 92) -> bytes:
+    """``image`` as a JPEG, with an EXIF orientation tag when given."""
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    return _jpeg(image, exif=exif.tobytes(), quality=quality)
+
+
+def camera_scene(width: int, height: int, seed: int = 0, shapes: int = 40) -> Image.Image:
+    """A synthetic camera frame for preprocessing checks: a smooth colour field, filled boxes, printed text and
+    sensor-like noise (edges and texture, as a warehouse camera frame has)."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (height // 64 + 2, width // 64 + 2, 3), dtype=np.uint8))
+    img = img.resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(shapes):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        draw.rectangle([x, y, x + int(rng.integers(8, width // 5)), y + int(rng.integers(8, height // 5))],
+                       fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw.text((int(rng.integers(0, width)), int(rng.integers(0, height))), "LOT 4711 EXP 2026-03",
+                  fill=(0, 0, 0), font=font(max(12, width // 70)))
+    noisy = np.asarray(img).astype(np.int16) + rng.integers(-4, 5, (height, width, 3))
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
 def exif_rotated_jpeg(width: int = 120, height: int = 80) -> bytes:

@@ -45,8 +45,9 @@ def dump_tensors(model: DeepseekVL2Model, batch: BatchLike, max_new_tokens: int)
 
 def run_dump(checkpoint_dir: str | Path, prompt: str, images: Sequence[str | Path], max_new_tokens: int,
              dtype: str, device: str, out: str | Path, apply_template: bool = True,
-             processor: Any = None) -> dict[str, Any]:
-    """Load the checkpoint (and its processor unless one is given), run ``dump_tensors``, write ``out``."""
+             processor: Any = None, exact: bool = True) -> dict[str, Any]:
+    """Load the checkpoint (and its processor unless one is given), run ``dump_tensors``, write ``out``.
+    ``exact`` (the default, for parity) takes the official pixel path; ``False`` the fast one."""
     from PIL import Image
 
     from model.vl2.loader import load_model
@@ -60,7 +61,7 @@ def run_dump(checkpoint_dir: str | Path, prompt: str, images: Sequence[str | Pat
         processor = VL2Processor.from_checkpoint(checkpoint_dir)
     model, info = load_model(checkpoint_dir, dtype=torch_dtype, device=device)
     pil = [Image.open(p).convert("RGB") for p in images]
-    batch = processor([prompt], [pil], apply_template=apply_template)
+    batch = processor([prompt], [pil], apply_template=apply_template, exact=exact)
     tensors = dump_tensors(model, batch, max_new_tokens)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     save_file(tensors, str(out), metadata={"checkpoint_digest": info.digest or "", "dtype": dtype,

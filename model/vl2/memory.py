@@ -7,7 +7,9 @@ an fp32 score matrix; fused SDPA kernels need less), so treat them as an upper-s
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -39,16 +41,26 @@ def kv_bytes_per_token(cfg: VL2Config, dtype: torch.dtype) -> int:
 
 
 def weight_bytes(cfg: VL2Config, dtype: torch.dtype) -> int:
+    return _parameter_count(json.dumps(cfg.to_dict(), sort_keys=True)) * _size(dtype)
+
+
+@lru_cache(maxsize=16)
+def _parameter_count(config_json: str) -> int:
+    """Parameters of the architecture (built on the meta device; cached: plans ask for many batch sizes)."""
     with torch.device("meta"):
-        model = DeepseekVL2Model(cfg)
-    return sum(p.numel() for p in model.parameters()) * _size(dtype)
+        model = DeepseekVL2Model(VL2Config.from_dict(json.loads(config_json)))
+    return sum(p.numel() for p in model.parameters())
 
 
 def estimate_memory(variant: str | VL2Config, batch: int = 1, tiles: tuple[int, int] | int = (2, 2),
                     dtype: torch.dtype = torch.bfloat16, new_tokens: int = 256, text_tokens: int = 64,
-                    prefill_chunk: int | None = None) -> MemoryEstimate:
+                    prefill_chunk: int | None = None, prefill_batch: int | None = None) -> MemoryEstimate:
     """Bytes needed for ``batch`` requests of one image each, tiled ``tiles`` = (width_tiles, height_tiles)
-    (an int n means n local tiles in one row), ``text_tokens`` prompt text and ``new_tokens`` generated."""
+    (an int n means n local tiles in one row), ``text_tokens`` prompt text and ``new_tokens`` generated.
+
+    ``prefill_batch``: how many of them go through the vision pass and the prefill together (default: all, as a
+    static batch does; the continuous-batching scheduler encodes and prefills one request at a time, so 1). The KV
+    cache and the decode logits always scale with ``batch``."""
     cfg = VL2Config.from_name(variant) if isinstance(variant, str) else variant
     nw, nh = (tiles, 1) if isinstance(tiles, int) else tiles
     lang, vis = cfg.language, cfg.vision
@@ -57,7 +69,8 @@ def estimate_memory(variant: str | VL2Config, batch: int = 1, tiles: tuple[int, 
     total_len = prompt + new_tokens
     kv = batch * total_len * kv_bytes_per_token(cfg, dtype)
     # vision: all tiles of the batch in one pass; one block's live tensors
-    n_tiles = batch * (1 + nw * nh)
+    p = batch if prefill_batch is None else min(prefill_batch, batch)
+    n_tiles = p * (1 + nw * nh)
     t = vis.grid ** 2
     vision_act = n_tiles * t * (2 * vis.width + 3 * vis.width + vis.mlp_dim) * es \
         + n_tiles * vis.heads * t * t * 4  # fp32 scores
@@ -67,9 +80,9 @@ def estimate_memory(variant: str | VL2Config, batch: int = 1, tiles: tuple[int, 
     q_width = heads * ((lang.kv_lora_rank or 0) + lang.qk_rope_head_dim if lang.use_mla else lang.head_dim)
     k = lang.num_experts_per_tok or 1
     moe_width = max(lang.intermediate_size, 2 * k * lang.moe_intermediate_size + k * lang.hidden_size)
-    lm_act = batch * c * (3 * lang.hidden_size + 2 * q_width + 2 * moe_width) * es \
-        + batch * heads * c * prompt * 4 + batch * lang.vocab_size * 4
-    embeds = batch * prompt * lang.hidden_size * es
+    lm_act = p * c * (3 * lang.hidden_size + 2 * q_width + 2 * moe_width) * es \
+        + p * heads * c * prompt * 4 + batch * lang.vocab_size * 4
+    embeds = p * prompt * lang.hidden_size * es
     return MemoryEstimate(weights=weight_bytes(cfg, dtype), kv_cache=kv,
                           activations=max(vision_act, lm_act) + embeds, tokens_per_request=prompt)
 

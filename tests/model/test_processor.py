@@ -245,7 +245,8 @@ def test_several_prompts_about_one_image_tile_it_once(proc: VL2Processor, monkey
     apart = [proc([p], [[img]]) for p in prompts] + [proc([prompts[0]], [[other]])]
     calls = []
     real = proc.image_tiles
-    monkeypatch.setattr(proc, "image_tiles", lambda im, cropping=True: calls.append(im) or real(im, cropping))
+    monkeypatch.setattr(proc, "image_tiles",
+                        lambda im, cropping=True, exact=True: calls.append(im) or real(im, cropping, exact))
     together = proc(prompts + [prompts[0]], [[img], [img], [img], [other]])
     assert calls == [img, other]  # once per image, not once per prompt
     for i, one in enumerate(apart):

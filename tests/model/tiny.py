@@ -133,7 +133,8 @@ class ToyProcessor:
     def __init__(self, cfg: VL2Config, pad_id: int = 2, image_id: int = 5) -> None:
         self.cfg, self.pad_id, self.image_id = cfg, pad_id, image_id
 
-    def __call__(self, prompts: list[str], images: list[list[Any]], apply_template: bool = True) -> Any:
+    def __call__(self, prompts: list[str], images: list[list[Any]], apply_template: bool = True,
+                 exact: bool = True) -> Any:
         from types import SimpleNamespace
 
         import numpy as np
