@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from model.vl2.tiling import select_best_resolution
+
 _ORIENTATION = 0x0112
 _TRANSPOSE = (2, 3, 4, 5, 6, 7, 8)  # the EXIF orientations ImageOps.exif_transpose undoes
 _SWAPS_AXES = (5, 6, 7, 8)
@@ -80,8 +82,6 @@ def fast_tiles(source: bytes | Image.Image, spec: TileSpec, cropping: bool = Tru
     be decoded at reduced scale; a PIL image is taken as it stands (reduced at decode only if not loaded yet).
     ``best`` (width, height) is the local canvas (default: ``select_best_resolution``, or S x S without cropping).
     """
-    from model.vl2.processor import select_best_resolution
-
     im = Image.open(io.BytesIO(source)) if isinstance(source, bytes) else source
     orientation = _orientation(im) if isinstance(source, bytes) else None
     s = spec.image_size

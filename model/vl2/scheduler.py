@@ -18,6 +18,9 @@ next moment no prompt holds it).
 Greedy only (what the analyzers run): a row's ids do not depend on what else is in the batch.
 ``submit`` may be called from other threads (preprocessing); ``step`` runs in the one thread that owns the GPU.
 (A little over 350 lines: admission, prefill, decode and out-of-memory recovery all edit one slot table.)
+
+Why this module is long: admission, chunked prefill, decode and retirement are one loop over one slot pool; split,
+each step would need the others' bookkeeping to be understood.
 """
 
 from __future__ import annotations
