@@ -26,7 +26,6 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model.vl2.answers import KINDS
-from model.vl2.prompts import check_prompt
 
 SEVERITIES = ("info", "low", "warning", "high", "critical")
 VL2_DTYPES = ("bfloat16", "float16", "float32")
@@ -115,6 +114,8 @@ class CheckConfig(_Strict):
     def _prompt(self) -> "CheckConfig":
         if self.kind == "choice" and len(self.choices) < 2:
             raise ValueError("choices: a choice check needs at least two choices")
+        from model.vl2.prompts import check_prompt  # numpy comes with it: only where checks are configured
+
         check_prompt(self.question, self.kind, self.choices, self.grounded, self.with_previous)  # markup refused
         return self
 

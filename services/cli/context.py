@@ -18,15 +18,27 @@ if TYPE_CHECKING:
 
 class Ctx:
     def __init__(self) -> None:
-        from services.config import ConfigError, load_config
         from services.settings import SettingsError, load_settings
 
         try:
             self.settings: Settings = load_settings()
-            self.config: AppConfig = load_config(self.settings.config)
-        except (SettingsError, ConfigError) as exc:
+        except SettingsError as exc:
             raise click.ClickException(str(exc)) from None
+        self._config: Optional[AppConfig] = None
         self._app: Optional[Celery] = None
+
+    @property
+    def config(self) -> AppConfig:
+        """The YAML file, read and validated on first use (commands that only read SQL never pay for it; every
+        long-running command uses it at start, so a bad file still stops them before they begin)."""
+        if self._config is None:
+            from services.config import ConfigError, load_config
+
+            try:
+                self._config = load_config(self.settings.config)
+            except ConfigError as exc:
+                raise click.ClickException(str(exc)) from None
+        return self._config
 
     @property
     def db_url(self) -> str:
