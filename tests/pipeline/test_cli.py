@@ -77,9 +77,10 @@ def test_operator_flow(app_env, db_url, start_worker, tmp_path: Path):
 def test_bad_configuration_is_reported_with_the_field(app_env, tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("profiles: {p: {analyzers: [barcode, sonar]}}\n")
-    proc = vlwatch({**app_env, "VLWATCH_CONFIG": str(bad)}, "jobs", ok=False)
-    assert proc.returncode != 0
-    assert "profiles.p.analyzers" in proc.stderr and "unknown analyzer 'sonar'" in proc.stderr
+    for command in ("scan", "dispatch"):  # every command that uses the file reads and checks it first
+        proc = vlwatch({**app_env, "VLWATCH_CONFIG": str(bad)}, command, ok=False)
+        assert proc.returncode != 0
+        assert "profiles.p.analyzers" in proc.stderr and "unknown analyzer 'sonar'" in proc.stderr
     proc = vlwatch({**app_env, "VLWATCH_LEASE_SECONDS": "soon"}, "jobs", ok=False)
     assert proc.returncode != 0 and "VLWATCH_LEASE_SECONDS" in proc.stderr
 
