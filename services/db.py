@@ -72,3 +72,32 @@ def insert_ignore(bind: Connection | Session, table: Table | type, rows: Sequenc
     if returning:
         stmt = stmt.returning(*returning)
     return bind.execute(stmt, list(rows))
+
+
+def write_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert ``rows`` into ``table`` in one trip: ``COPY ... FROM STDIN`` on PostgreSQL (several times the speed of
+    an executemany of INSERTs for the thousands of result rows one batch commits), an executemany elsewhere.
+    Rows may leave out columns that have a Python-side default; JSON columns are serialised here, since COPY
+    bypasses SQLAlchemy's type processing. Runs in the caller's transaction."""
+    if not rows:
+        return
+    if conn.dialect.name != "postgresql":
+        conn.execute(table.insert(), list(rows))
+        return
+    import json
+
+    from sqlalchemy import JSON
+
+    given = set().union(*(r.keys() for r in rows))
+    columns = [c for c in table.columns if c.name in given or (c.default is not None and c.default.is_callable)]
+    encode = {c.name for c in columns if isinstance(c.type, JSON)}
+    filled = {c.name: c.default.arg(None) for c in columns if c.name not in given}  # once for the batch
+    names = ", ".join(conn.dialect.identifier_preparer.quote(c.name) for c in columns)
+    with conn.connection.driver_connection.cursor() as cur, \
+            cur.copy(f"COPY {conn.dialect.identifier_preparer.format_table(table)} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            values = []
+            for c in columns:
+                v = row[c.name] if c.name in row else filled.get(c.name)
+                values.append(json.dumps(v) if c.name in encode and v is not None else v)
+            copy.write_row(values)

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 
 from sqlalchemy import delete, insert, select, update
 
-from services.db import session_scope
+from services.db import session_scope, write_rows
 from services.events import CHECK_FAILED, JOB_FAILED, JOB_SUCCEEDED, PAYLOAD_VERSION, event_row, iso
 from services.schema import RESULT_TABLES, AnswerRow, Image, Job, JobStatus, OutboxEvent, Source, utcnow
 from workers.work import Outcome, Work
@@ -48,6 +48,9 @@ def commit(db_url: str, owner: str, work: list[Work],
     """Write the outcome of every job of ``work`` still leased to ``owner``; see the module's text.
     ``source_zone(source name)`` is the zone of a source's camera clock (``AppConfig.source_zone``)."""
     outcomes: list[Outcome] = []
+    # What needs no database is done before the transaction opens: digests and the result rows.
+    digests = {w.job_id: hashlib.sha256(w.data).hexdigest() for w in work if w.data}
+    rows_of = {w.job_id: _result_rows(w) for w in work if w.failure is None}
     with session_scope(db_url) as s:
         jobs = {r.id: r for r in s.execute(
             select(Job.id, Job.status, Job.lease_owner, Job.profile, Job.attempts, Image.id.label("image_id"),
@@ -76,8 +79,7 @@ def commit(db_url: str, owner: str, work: list[Work],
         for w in mine:
             job = jobs[w.job_id]
             timings = {k: round(v, 6) for k, v in w.timings.items()}
-            image_row: dict[str, Any] = {"id": job.image_id,
-                                         "sha256": hashlib.sha256(w.data).hexdigest() if w.data else job.sha256}
+            image_row: dict[str, Any] = {"id": job.image_id, "sha256": digests.get(w.job_id, job.sha256)}
             image = {"id": job.image_id, "bucket": job.bucket, "key": job.key, "etag": job.etag,
                      "source": job.source, "width": None, "height": None, "sha256": image_row["sha256"],
                      "captured_at": None, "uploaded_at": iso(job.uploaded_at)}
@@ -95,11 +97,7 @@ def commit(db_url: str, owner: str, work: list[Work],
                 captured = d.capture_time.in_utc(source_zone(job.source)) if d.capture_time else None
                 image_row.update(width=d.width, height=d.height, captured_at=captured)
                 image.update(width=d.width, height=d.height, captured_at=iso(captured))
-                found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in RESULT_TABLES}
-                for result in w.results:
-                    kind, extra = result.detections.kind, {"analyzer": result.lineage.analyzer}
-                    extra |= {"answer_id": None} if kind == "objects" else {}
-                    found[kind].extend(extra | r for r in result.detections.to_rows())
+                found = rows_of[w.job_id]
                 for kind, rows in found.items():
                     results[kind].extend({"job_id": job.id, "image_id": job.image_id} | r for r in rows)
                 job_answers = _answers(w, job, {"image": image, "job": {"id": job.id, "profile": job.profile}})
@@ -126,18 +124,29 @@ def commit(db_url: str, owner: str, work: list[Work],
                 if a.row["passed"] is False:
                     events.append(event_row(CHECK_FAILED, a.row["job_id"], {
                         "version": PAYLOAD_VERSION, **a.event, "answer": a.payload}))
+        conn = s.connection()
         for kind, rows in results.items():
-            if rows:
-                s.execute(insert(RESULT_TABLES[kind]), rows)
+            write_rows(conn, RESULT_TABLES[kind].__table__, rows)
         s.execute(update(Image), image_rows)  # executemany by primary key
         s.execute(update(Job), job_rows)
-        s.execute(insert(OutboxEvent), events)
+        write_rows(conn, OutboxEvent.__table__, events)
     by_status: dict[str, list[int]] = defaultdict(list)
     for o in outcomes:
         by_status[o.status].append(o.job_id)
     for status, job_ids in by_status.items():
         log.info("jobs %s %s", job_ids, status)
     return outcomes
+
+
+def _result_rows(w: Work) -> dict[str, list[dict[str, Any]]]:
+    """The job's result rows by kind, as its payload lists them (``job_id`` and ``image_id`` are added for the
+    tables)."""
+    found: dict[str, list[dict[str, Any]]] = {kind: [] for kind in RESULT_TABLES}
+    for result in w.results:
+        kind, extra = result.detections.kind, {"analyzer": result.lineage.analyzer}
+        extra |= {"answer_id": None} if kind == "objects" else {}
+        found[kind].extend(extra | r for r in result.detections.to_rows())
+    return found
 
 
 def _paired(w: Work, answer: Any) -> Optional[int]:
