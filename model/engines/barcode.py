@@ -1,5 +1,9 @@
 """``barcode``: every symbology zxing-cpp reads (1D and 2D), one result per image, boxes axis-aligned around
-the four position corners the reader reports."""
+the four position corners the reader reports.
+
+A first pass reads the whole upright image as zxing-cpp does by default; with ``scene_pass`` (the default) a second
+pass (``model.engines.barcode_scene``) reads the barcode-like regions the first pass left unread, straightened and
+enlarged: turned and small 1D codes in camera scenes. bench/barcode_scenes.py measures both passes."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from PIL import Image
 
 from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
 from model.detections import Detections
+from model.engines import barcode_scene
 
 ENGINE = "zxing-cpp"
 
@@ -23,18 +28,20 @@ def _engine_version() -> str:
 
 
 class BarcodeAnalyzer:
-    """zxing-cpp over the whole upright image: all formats, rotated and inverted symbols included."""
+    """zxing-cpp over the whole upright image: all formats, rotated and inverted symbols included; then, with
+    ``scene_pass``, over the barcode-like regions it left unread."""
 
     name = "barcode"
 
-    def __init__(self, try_rotate: bool = True, try_downscale: bool = True, try_invert: bool = True) -> None:
+    def __init__(self, try_rotate: bool = True, try_downscale: bool = True, try_invert: bool = True,
+                 scene_pass: bool = True) -> None:
         try:
             import zxingcpp
         except ImportError as e:  # pragma: no cover - a declared dependency
             raise AnalyzerUnavailable(f"barcode: zxing-cpp is not installed ({e}); pip install zxing-cpp") from e
         self._zx = zxingcpp
         self.settings = {"formats": "all", "try_rotate": try_rotate, "try_downscale": try_downscale,
-                         "try_invert": try_invert}
+                         "try_invert": try_invert, "scene_pass": scene_pass}
         self._lineage = Lineage(analyzer=self.name, engine=ENGINE, version=_engine_version(),
                                 settings=dict(self.settings))
 
@@ -59,6 +66,19 @@ class BarcodeAnalyzer:
             boxes.append([min(xs), min(ys), max(xs) + 1, max(ys) + 1])
             formats.append(_format_name(b.format))
             values.append(b.text)
+        if self.settings["scene_pass"]:
+            first = list(boxes)
+            for cand in barcode_scene.find_candidates(gray):
+                if barcode_scene.covered(_centre_box(cand.points), first):
+                    continue
+                for fmt, value, box in barcode_scene.read_candidate(self._zx, gray, cand,
+                                                                    self.settings["try_invert"]):
+                    if any(f == fmt and v == value and barcode_scene.overlaps(box, b)
+                           for f, v, b in zip(formats, values, boxes)):
+                        continue  # the same symbol, read again
+                    formats.append(fmt)
+                    values.append(value)
+                    boxes.append(box)
         return Detections.from_barcodes(image.size, formats, values, boxes)
 
     def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:
@@ -69,3 +89,8 @@ def _format_name(fmt: object) -> str:
     """``BarcodeFormat.Code128`` -> ``Code128``."""
     name = getattr(fmt, "name", None) or str(fmt)
     return name.rsplit(".", 1)[-1]
+
+
+def _centre_box(points: np.ndarray) -> list[float]:
+    cx, cy = points.mean(axis=0)
+    return [float(cx), float(cy), float(cx), float(cy)]
