@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 FETCH_THREADS = 8  # object storage is I/O: a batch's objects are fetched concurrently
 
 
+def analyzer_options(name: str, phrases: tuple[str, ...], settings: Settings) -> dict:
+    """The options a worker builds analyzer ``name`` with (``vlwatch eval`` builds them the same way)."""
+    options: dict = {"phrases": list(phrases)} if phrases else {}
+    if name.startswith("vl2"):
+        options.update(checkpoint=settings.vl2_checkpoint, device=settings.vl2_device, dtype=settings.vl2_dtype)
+    return options
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -55,11 +63,7 @@ class Runtime:
         key = (name, phrases)
         with self._lock:
             if key not in self._analyzers:
-                options = {"phrases": list(phrases)} if phrases else {}
-                if name.startswith("vl2"):
-                    options.update(checkpoint=self.settings.vl2_checkpoint, device=self.settings.vl2_device,
-                                   dtype=self.settings.vl2_dtype)
-                self._analyzers[key] = build_analyzer(name, options)
+                self._analyzers[key] = build_analyzer(name, analyzer_options(name, phrases, self.settings))
             return self._analyzers[key]
 
     def fetch_pool(self) -> ThreadPoolExecutor:

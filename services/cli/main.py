@@ -1,5 +1,5 @@
 """The ``vlwatch`` group and its commands, by domain: database, ingestion, work, results, delivery (webhooks and
-connectors), demo and model tools."""
+connectors), demo, model tools and evaluation (eval, reprocess, diff)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import click
 
-from services.cli import connectors, db, delivery, demo, ingest, model, results, webhooks, work
+from services.cli import connectors, db, delivery, demo, evaluate, ingest, model, results, webhooks, work
 
 
 @click.group()
@@ -18,6 +18,6 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (db, ingest, work, delivery, results, webhooks, connectors, demo, model):
+for module in (db, ingest, work, delivery, results, webhooks, connectors, demo, model, evaluate):
     for command in module.COMMANDS:
         main.add_command(command)
