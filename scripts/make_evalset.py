@@ -295,26 +295,28 @@ def scene(seed: int) -> tuple[Image.Image, dict]:
     n_labels = rng.randint(2, 5)
     anchors = [((b[0] + b[2]) / 2, b[1] + (b[3] - b[1]) * 0.35) for b in pallet_boxes]
     blocked = [tuple(o["box"]) for o in objects if o["label"] != "pallet"]
-    barcodes, texts, placed, tries = [], [], [], 0
-    while len(placed) < n_labels and tries < 40:
-        tries += 1
-        ax, ay = anchors.pop(0) if anchors else (rng.uniform(w * 0.08, w * 0.92), rng.uniform(h * 0.12, h * 0.62))
+    barcodes, texts, placed = [], [], []
+    for _ in range(n_labels):
         formats = list(rng.choice(SCENE_FORMATS))
         label, bcs, tls = draw_label(sku_for(rng), title_for(rng), formats, rng)
         scale = rng.uniform(1.6, 2.8) / 3  # pixels per bar module in the scene; labels are drawn at 3
         lw, lh = label.width * scale, label.height * scale
-        angle = np.radians(rng.uniform(-35, 35))
-        squeeze = rng.uniform(0.75, 1.0)  # perspective: one side shorter
-        left, right = (1.0, squeeze) if rng.random() < 0.5 else (squeeze, 1.0)
-        half = np.array([[-lw / 2, -lh / 2 * left], [lw / 2, -lh / 2 * right], [lw / 2, lh / 2 * right],
-                         [-lw / 2, lh / 2 * left]])
-        rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        quad = half @ rot.T + [ax, ay]
-        lo, hi = quad.min(axis=0), quad.max(axis=0)
-        quad = quad + np.maximum(0, 8 - lo) - np.maximum(0, hi - [w - 8, h - 8])
-        lo, hi = quad.min(axis=0), quad.max(axis=0)
-        if any(lo[0] < p[2] and p[0] < hi[0] and lo[1] < p[3] and p[1] < hi[1] for p in placed + blocked):
-            continue
+        for _ in range(12):  # positions until one is free
+            ax, ay = anchors.pop(0) if anchors else (rng.uniform(w * 0.08, w * 0.92), rng.uniform(h * 0.12, h * 0.62))
+            angle = np.radians(rng.uniform(-35, 35))
+            squeeze = rng.uniform(0.75, 1.0)  # perspective: one side shorter
+            left, right = (1.0, squeeze) if rng.random() < 0.5 else (squeeze, 1.0)
+            half = np.array([[-lw / 2, -lh / 2 * left], [lw / 2, -lh / 2 * right], [lw / 2, lh / 2 * right],
+                             [-lw / 2, lh / 2 * left]])
+            rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+            quad = half @ rot.T + [ax, ay]
+            lo, hi = quad.min(axis=0), quad.max(axis=0)
+            quad = quad + np.maximum(0, 8 - lo) - np.maximum(0, hi - [w - 8, h - 8])
+            lo, hi = quad.min(axis=0), quad.max(axis=0)
+            if not any(lo[0] < p[2] and p[0] < hi[0] and lo[1] < p[3] and p[1] < hi[1] for p in placed + blocked):
+                break
+        else:
+            continue  # no free place for this label
         placed.append((*lo, *hi))
         fwd = paste_warped(im, label, quad)
         barcodes += [b | {"box": mapped_box(fwd, b["box"], (w, h))} for b in bcs]
@@ -353,7 +355,7 @@ def build(out: Path, scenes: int = 16, seed: int = 10) -> dict:
     images = []
     for name, im, truth in items:
         if name.endswith(".png"):
-            im.save(out / name, format="PNG", optimize=True)
+            im.save(out / name, format="PNG", compress_level=1)
         else:
             im.save(out / name, format="JPEG", quality=85, optimize=True)
         images.append({"file_name": name, "width": im.width, "height": im.height, **truth})

@@ -32,7 +32,8 @@ WEED_PORTS = {"master.port": 19333, "master.port.grpc": 29333, "volume.port": 18
               "filer.port": 18888, "filer.port.grpc": 28888, "s3.port.grpc": 28333, "admin.port": 23646,
               "admin.port.grpc": 33646}
 S3_ACCESS_KEY, S3_SECRET_KEY = "vlwatch", "vlwatch-secret"
-APT_PACKAGES = {"postgres": "postgresql", "redis": "redis-server", "mariadb": "mariadb-server"}
+APT_PACKAGES = {"postgres": "postgresql", "redis": "redis-server", "mariadb": "mariadb-server",
+                "chromium": "chromium"}
 
 
 class StackError(RuntimeError):
@@ -90,6 +91,11 @@ def _ensure_binary(service: str, binary: str, patterns: tuple[str, ...] = ()) ->
     if not path:
         raise StackError(f"{binary} still not found after `{cmd}`")
     return path
+
+
+def chromium() -> str:
+    """Debian's headless-capable Chromium (tests open generated HTML pages in it); installed when missing."""
+    return _ensure_binary("chromium", "chromium")
 
 
 def _spawn(cmd: list[str], log: Path, pidfile: Path, **kw) -> None:  # noqa: ANN003

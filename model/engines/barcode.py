@@ -79,6 +79,8 @@ class BarcodeAnalyzer:
                     formats.append(fmt)
                     values.append(value)
                     boxes.append(box)
+            keep = barcode_scene.not_fragments(formats, boxes)
+            formats, values, boxes = ([x[i] for i in keep] for x in (formats, values, boxes))
         return Detections.from_barcodes(image.size, formats, values, boxes)
 
     def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:

@@ -17,7 +17,9 @@ them where they plausibly are, so a label-free image pays only for the search (~
    along the bars (1D), and given to zxing-cpp with only the symbologies of its kind.
 
 Reads stay checksummed by zxing-cpp; a second read of a symbol the first pass already has (same format and value,
-overlapping box) is dropped, so nothing is reported twice.
+overlapping box) is dropped, so nothing is reported twice. A short retail code (UPC-E, EAN-8) whose centre lies on
+an EAN-13 or UPC-A read is a fragment of it (zxing-cpp's scan lines sometimes decode part of the long symbol as a
+short one, checksum and all) and is dropped as well.
 """
 
 from __future__ import annotations
@@ -124,3 +126,12 @@ def covered(box: list[float], boxes: list[list[float]], pad: float = 5.0) -> boo
 
 def overlaps(a: list[float], b: list[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+SHORT_RETAIL, LONG_RETAIL = ("UPCE", "EAN8"), ("EAN13", "UPCA")
+
+
+def not_fragments(formats: list[str], boxes: list[list[float]]) -> list[int]:
+    """Indices of the reads to keep: all but the short retail codes centred on a long retail code's box."""
+    longs = [b for f, b in zip(formats, boxes) if f in LONG_RETAIL]
+    return [i for i, (f, b) in enumerate(zip(formats, boxes)) if f not in SHORT_RETAIL or not covered(b, longs, 0.0)]
