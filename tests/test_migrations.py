@@ -32,7 +32,14 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:  # noqa: ANN001
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
-    assert _diff(url) == [] and head() == "0003"
+    assert _diff(url) == [] and head() == "0004"
+    engine = create_engine(url)
+    assert "current_barcodes" in inspect(engine).get_view_names()
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    assert inspect(engine).get_view_names() == [] and "eval_runs" not in inspect(engine).get_table_names()
+    engine.dispose()
     command.downgrade(alembic_config(url), "0002")
     engine = create_engine(url)
     indexes = {i["name"] for i in inspect(engine).get_indexes("detections")}
