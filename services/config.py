@@ -2,7 +2,7 @@
 
 ```yaml
 profiles:
-  shelf: {analyzers: [barcode, ocr]}
+  shelf: {analyzers: [barcode, ocr], options: {barcode: {scene_pass: true}, ocr: {text_score: 0.6}}}
   dock:  {analyzers: [vl2-ground], phrases: [pallet, forklift, person]}
 sources:
   aisle-7: {prefix: "aisle-7/", profile: shelf}
@@ -25,7 +25,7 @@ Errors name the field: ``profiles.dock.analyzers[0]: unknown analyzer 'vl3'``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import re
 from datetime import time
@@ -50,6 +50,9 @@ class Profile(_Strict):
     analyzers: tuple[str, ...] = Field(min_length=1)
     phrases: tuple[str, ...] = ()  # grounding prompts for vl2-ground
     queue: Optional[str] = None  # default: "gpu" when a VL2 analyzer is named, else "cpu"
+    # per analyzer of the profile, the options its engine takes (model.registry names them; an unknown one fails
+    # the analyzer's jobs and `vlwatch eval` with a message that lists the known ones)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("analyzers")
     @classmethod
@@ -63,7 +66,17 @@ class Profile(_Strict):
     def _phrases(self) -> "Profile":
         if "vl2-ground" in self.analyzers and not self.phrases:
             raise ValueError("vl2-ground needs at least one phrase in 'phrases'")
+        for name in self.options:
+            if name not in self.analyzers:
+                raise ValueError(f"options.{name}: the profile does not run analyzer {name!r}")
         return self
+
+    def analyzer_options(self, name: str) -> dict[str, Any]:
+        """What the profile asks of analyzer ``name``: its options, and the phrases for ``vl2-ground``."""
+        options = dict(self.options.get(name, {}))
+        if name == "vl2-ground":
+            options["phrases"] = list(self.phrases)
+        return options
 
     @property
     def queue_name(self) -> str:

@@ -145,7 +145,7 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
                 break
             t = time.perf_counter()
             try:
-                analyzer = rt.analyzer(name, profile.phrases if name == "vl2-ground" else ())
+                analyzer = rt.analyzer(name, profile.analyzer_options(name))
             except AnalyzerUnavailable as exc:
                 for w in group:
                     w.failure = f"analyzer {name} is not available on this worker: {exc}"

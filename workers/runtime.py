@@ -8,6 +8,7 @@ Analyzers are built on first use, or before the first task by ``warm_up``, and k
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import socket
@@ -27,9 +28,10 @@ log = logging.getLogger(__name__)
 FETCH_THREADS = 8  # object storage is I/O: a batch's objects are fetched concurrently
 
 
-def analyzer_options(name: str, phrases: tuple[str, ...], settings: Settings) -> dict:
-    """The options a worker builds analyzer ``name`` with (``vlwatch eval`` builds them the same way)."""
-    options: dict = {"phrases": list(phrases)} if phrases else {}
+def analyzer_options(name: str, profile_options: dict, settings: Settings) -> dict:
+    """The options a worker builds analyzer ``name`` with: the profile's (``Profile.analyzer_options``) plus, for
+    VL2, the checkpoint, device and dtype of the settings. ``vlwatch eval`` builds them the same way."""
+    options = dict(profile_options)
     if name.startswith("vl2"):
         options.update(checkpoint=settings.vl2_checkpoint, device=settings.vl2_device, dtype=settings.vl2_dtype)
     return options
@@ -56,14 +58,16 @@ class Runtime:
     def db_url(self) -> str:
         return self.settings.db_url
 
-    def analyzer(self, name: str, phrases: tuple[str, ...] = ()):  # noqa: ANN201
-        """The process-wide instance of analyzer ``name`` (raises AnalyzerUnavailable where it cannot run)."""
+    def analyzer(self, name: str, options: Optional[dict] = None):  # noqa: ANN201
+        """The process-wide instance of analyzer ``name`` with the profile's ``options`` (one per distinct options;
+        raises AnalyzerUnavailable where it cannot run)."""
         from model.registry import build_analyzer
 
-        key = (name, phrases)
+        options = options or {}
+        key = (name, json.dumps(options, sort_keys=True, default=str))
         with self._lock:
             if key not in self._analyzers:
-                self._analyzers[key] = build_analyzer(name, analyzer_options(name, phrases, self.settings))
+                self._analyzers[key] = build_analyzer(name, analyzer_options(name, options, self.settings))
             return self._analyzers[key]
 
     def fetch_pool(self) -> ThreadPoolExecutor:
@@ -103,7 +107,7 @@ class Runtime:
                 continue
             for name in profile.analyzers:
                 try:
-                    self.analyzer(name, profile.phrases if name == "vl2-ground" else ())
+                    self.analyzer(name, profile.analyzer_options(name))
                     built.append(name)
                 except AnalyzerUnavailable as exc:
                     log.warning("warm-up: analyzer %s of profile %s is not available here: %s", name, profile_name,

@@ -22,10 +22,10 @@ def build_profile_analyzers(ctx: Ctx, profile_name: str) -> list[tuple[str, Any]
     profile = ctx.config.profiles[profile_name]
     out = []
     for name in profile.analyzers:
-        phrases = profile.phrases if name == "vl2-ground" else ()
         try:
-            out.append((name, build_analyzer(name, analyzer_options(name, phrases, ctx.settings))))
-        except AnalyzerUnavailable as exc:
+            out.append((name, build_analyzer(name, analyzer_options(name, profile.analyzer_options(name),
+                                                                     ctx.settings))))
+        except (AnalyzerUnavailable, ValueError) as exc:
             raise click.ClickException(f"profile {profile_name!r}: {exc}") from None
     return out
 
