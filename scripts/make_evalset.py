@@ -27,32 +27,13 @@ from PIL import Image, ImageDraw, ImageFilter
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.images import code128_image, font, qr_image  # noqa: E402
+from tests.images import font, linear_image, qr_image  # noqa: E402
 
 TRUTH_FILE = "truth.json"
 WALL, FLOOR = (122, 126, 132), (150, 148, 140)
 
 
 # ---- symbols --------------------------------------------------------------------------------------------------
-def linear_image(fmt: str, value: str, module_px: int, height: int) -> Image.Image:
-    """A 1D symbol with 10-module quiet zones and no human-readable line."""
-    if fmt == "Code128":
-        return code128_image(value, module_px=module_px, height=height)
-    import barcode
-
-    sym = {"EAN13": lambda: barcode.get("ean13", value),
-           "Code39": lambda: barcode.get("code39", value, options={"add_checksum": False})}[fmt]()
-    modules = sym.build()[0]
-    quiet = 10
-    im = Image.new("L", ((len(modules) + 2 * quiet) * module_px, height), 255)
-    d = ImageDraw.Draw(im)
-    for i, bit in enumerate(modules):
-        if bit == "1":
-            x = (quiet + i) * module_px
-            d.rectangle([x, 0, x + module_px - 1, height - 1], fill=0)
-    return im.convert("RGB")
-
-
 def matrix_image(fmt: str, value: str, module_px: int) -> Image.Image:
     if fmt == "QRCode":
         return qr_image(value, module_px=module_px)
@@ -90,7 +71,8 @@ def draw_label(sku: str, title: str, formats: list[str], rng: random.Random, mod
         if fmt in ("QRCode", "DataMatrix"):
             im = matrix_image(fmt, value, module_px + 1)
         else:
-            im = linear_image(fmt, value, module_px, height=36 * module_px)
+            options = {"add_checksum": False} if fmt == "Code39" else {}
+            im = linear_image(fmt.lower(), value, module_px, 36 * module_px, **options)
         symbols.append((fmt, value, im))
     pad, gap = 24, 30
     width = max(560, pad * 2 + sum(s[2].width for s in symbols) + gap * (len(symbols) - 1))
