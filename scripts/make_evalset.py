@@ -11,6 +11,9 @@ minute; generated at test time rather than committed.
 Scenes hold two to five labels at angles (rotation up to 35 degrees), in perspective, at 1.7-3.5 px per bar
 module, under glare, blur and low light; symbologies Code128, QR, EAN-13, Code39 and DataMatrix; drawn pallets,
 forklifts and people with their boxes. Needs the ``test`` extra (segno, python-barcode) and zxing-cpp (DataMatrix).
+
+One file a little over the usual length, read top-down as the set is made: symbols, labels, the perspective
+geometry, the drawn scene objects, the camera, then the close-ups, the scenes and the set.
 """
 
 from __future__ import annotations

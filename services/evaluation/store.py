@@ -29,7 +29,7 @@ def run_document(truth_set: TruthSet, profile: str, analyzers: Sequence[tuple[st
                 "images": len(truth_set.images)},
         "profile": profile,
         "analyzers": [name for name, _ in analyzers],
-        "lineage": [lineage_of(a).as_dict() for _, a in analyzers],
+        "lineage": [a.lineage().as_dict() for _, a in analyzers],
         "settings": settings,
         "metrics": {"clean": clean.metrics, "degraded": degraded},
         "timings": clean.timings,
@@ -38,11 +38,6 @@ def run_document(truth_set: TruthSet, profile: str, analyzers: Sequence[tuple[st
                     "wrong_barcodes": _wrong(o.truth.barcodes, o.predictions.get("barcodes", []))}
                    for o in clean.images],
     }
-
-
-def lineage_of(analyzer: Any) -> Any:
-    """The analyzer's lineage (every analyzer has ``lineage()``; the registry builds none without)."""
-    return analyzer.lineage()
 
 
 def _missed(truth: Optional[list[dict]], pred: list[dict]) -> list[str]:
