@@ -140,7 +140,11 @@ def _lineage_has(lineage: Optional[list[dict[str, Any]]], key: str, value: str) 
 
 
 def job_side(session: Session, source: Optional[str], keep: Callable[[Any], bool]) -> Side:
-    """Per image and profile the latest succeeded job that ``keep`` accepts, and its rows, by image key."""
+    """Per image and profile the latest succeeded job that ``keep`` accepts, and its rows, by image key.
+
+    HOOK(checks): check answers of jobs live in the ``answers`` table of the checks work, not on this branch; when
+    it lands, load its rows of these jobs here as ``side[key]["answers"] = {check: {"value", "status"}}`` and
+    ``diff_image`` reports changed answers for jobs as it does for evaluation runs."""
     query = (select(Job.id, Job.image_id, Job.profile, Job.finished_at, Job.lineage, Image.key)
              .join(Image, Image.id == Job.image_id).where(Job.status == JobStatus.succeeded.value)
              .order_by(Job.id))
