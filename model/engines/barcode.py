@@ -55,7 +55,7 @@ class BarcodeAnalyzer:
             gray, try_rotate=self.settings["try_rotate"], try_downscale=self.settings["try_downscale"],
             try_invert=self.settings["try_invert"],
         )
-        formats, values, boxes = [], [], []
+        reads = []  # (format, value, box)
         for b in found:
             if not b.valid:
                 continue
@@ -63,24 +63,10 @@ class BarcodeAnalyzer:
             xs = [p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x]
             ys = [p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y]
             # zxing reports the centres of the outer modules' edges; +1 covers the last pixel row/column.
-            boxes.append([min(xs), min(ys), max(xs) + 1, max(ys) + 1])
-            formats.append(_format_name(b.format))
-            values.append(b.text)
+            reads.append((_format_name(b.format), b.text, [min(xs), min(ys), max(xs) + 1, max(ys) + 1]))
         if self.settings["scene_pass"]:
-            first = list(boxes)
-            for cand in barcode_scene.find_candidates(gray):
-                if barcode_scene.covered(_centre_box(cand.points), first):
-                    continue
-                for fmt, value, box in barcode_scene.read_candidate(self._zx, gray, cand,
-                                                                    self.settings["try_invert"]):
-                    if any(f == fmt and v == value and barcode_scene.overlaps(box, b)
-                           for f, v, b in zip(formats, values, boxes)):
-                        continue  # the same symbol, read again
-                    formats.append(fmt)
-                    values.append(value)
-                    boxes.append(box)
-            keep = barcode_scene.not_fragments(formats, boxes)
-            formats, values, boxes = ([x[i] for i in keep] for x in (formats, values, boxes))
+            reads = barcode_scene.second_pass(self._zx, gray, reads, self.settings["try_invert"])
+        formats, values, boxes = ([r[i] for r in reads] for i in range(3))
         return Detections.from_barcodes(image.size, formats, values, boxes)
 
     def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:
@@ -91,8 +77,3 @@ def _format_name(fmt: object) -> str:
     """``BarcodeFormat.Code128`` -> ``Code128``."""
     name = getattr(fmt, "name", None) or str(fmt)
     return name.rsplit(".", 1)[-1]
-
-
-def _centre_box(points: np.ndarray) -> list[float]:
-    cx, cy = points.mean(axis=0)
-    return [float(cx), float(cy), float(cx), float(cy)]

@@ -16,16 +16,20 @@ them where they plausibly are, so a label-free image pays only for the search (~
    rectangle (2D), enlarged (1.5x for bars, 2x for modules), stretched to the full grey range, lightly smoothed
    along the bars (1D), and given to zxing-cpp with only the symbologies of its kind.
 
-Reads stay checksummed by zxing-cpp; a second read of a symbol the first pass already has (same format and value,
-overlapping box) is dropped, so nothing is reported twice. A short retail code (UPC-E, EAN-8) whose centre lies on
-an EAN-13 or UPC-A read is a fragment of it (zxing-cpp's scan lines sometimes decode part of the long symbol as a
-short one, checksum and all) and is dropped as well.
+Reads stay checksummed by zxing-cpp, and three rules keep the pass from adding false reads:
+- a second read of a symbol already read (same format and value, overlapping box) is dropped: nothing twice;
+- a second-pass read that lies on another read of the same format with another value is a conflict (EAN-13's one
+  check digit lets a dark, noisy crop decode to a wrong number): the second-pass reads in it are dropped;
+- a short retail code (UPC-E, EAN-8) whose centre lies on an EAN-13 or UPC-A read is a fragment of it (zxing-cpp's
+  scan lines sometimes decode part of the long symbol as a short one, checksum and all) and is dropped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+Read = tuple[str, str, list[float]]  # (format name, value, box x1 y1 x2 y2)
 
 import numpy as np
 
@@ -34,6 +38,7 @@ MIN_ENERGY = 1600.0  # mean squared gradient in the window (Sobel on 0..255 grey
 MAX_SIGNED = 0.35  # |sum of gradients| / sum of |gradients|: below for alternating edges
 COHERENT, INCOHERENT = 0.6, 0.45  # coherence above: bars; below: 2D modules
 MIN_BARS_WIDTH = 48  # pixels across the bars of a 1D candidate
+SHORT_RETAIL, LONG_RETAIL = ("UPCE", "EAN8"), ("EAN13", "UPCA")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,30 @@ def find_candidates(gray: np.ndarray) -> list[Candidate]:
     return found
 
 
-def read_candidate(zx: Any, gray: np.ndarray, cand: Candidate, try_invert: bool) -> list[tuple[str, str, list[float]]]:
+def second_pass(zx: Any, gray: np.ndarray, first: list[Read], try_invert: bool) -> list[Read]:
+    """``first`` (the first pass's reads) and what the candidates it left unread add, by the rules above."""
+    first_boxes = [box for _, _, box in first]
+    added: list[Read] = []
+    for cand in find_candidates(gray):
+        cx, cy = (float(v) for v in cand.points.mean(axis=0))
+        if covered([cx, cy, cx, cy], first_boxes):
+            continue
+        for fmt, value, box in read_candidate(zx, gray, cand, try_invert):
+            if not any(f == fmt and v == value and overlaps(box, b) for f, v, b in first + added):
+                added.append((fmt, value, box))
+    added = [r for r in added if not any(o is not r and o[0] == r[0] and o[1] != r[1] and _on(r[2], o[2])
+                                         for o in first + added)]
+    reads = first + added
+    longs = [b for f, _, b in reads if f in LONG_RETAIL]
+    return [r for r in reads if r[0] not in SHORT_RETAIL or not covered(r[2], longs, 0.0)]
+
+
+def _on(a: list[float], b: list[float]) -> bool:
+    """One box's centre lies inside the other."""
+    return covered(a, [b], 0.0) or covered(b, [a], 0.0)
+
+
+def read_candidate(zx: Any, gray: np.ndarray, cand: Candidate, try_invert: bool) -> list[Read]:
     """(format name, value, box in ``gray``'s pixels) of every symbol zxing-cpp reads in the straightened region."""
     import cv2
 
@@ -126,12 +154,3 @@ def covered(box: list[float], boxes: list[list[float]], pad: float = 5.0) -> boo
 
 def overlaps(a: list[float], b: list[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-SHORT_RETAIL, LONG_RETAIL = ("UPCE", "EAN8"), ("EAN13", "UPCA")
-
-
-def not_fragments(formats: list[str], boxes: list[list[float]]) -> list[int]:
-    """Indices of the reads to keep: all but the short retail codes centred on a long retail code's box."""
-    longs = [b for f, b in zip(formats, boxes) if f in LONG_RETAIL]
-    return [i for i, (f, b) in enumerate(zip(formats, boxes)) if f not in SHORT_RETAIL or not covered(b, longs, 0.0)]
