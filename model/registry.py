@@ -10,7 +10,7 @@ from model.analyzers import Analyzer, AnalyzerUnavailable
 ANALYZER_NAMES = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")
 
 _CPU_OPTIONS = {
-    "barcode": ("try_rotate", "try_downscale", "try_invert"),
+    "barcode": ("try_rotate", "try_downscale", "try_invert", "scene_pass"),
     "ocr": ("text_score", "threads"),
 }
 

@@ -2,7 +2,7 @@
 
 ```yaml
 profiles:
-  shelf: {analyzers: [barcode, ocr]}
+  shelf: {analyzers: [barcode, ocr], options: {barcode: {scene_pass: true}, ocr: {text_score: 0.6}}}
   dock:  {analyzers: [vl2-ground], phrases: [pallet, forklift, person],
           checks: {fire-exit-clear: {question: "Is the fire exit blocked?", kind: yes_no, expect: "no"}}}
 sources:
@@ -62,6 +62,9 @@ class Profile(_Strict):
     checks: dict[str, CheckConfig] = Field(default_factory=dict)  # questions for vl2-ask
     vl2: VL2Settings = Field(default_factory=VL2Settings)
     queue: Optional[str] = None  # default: "gpu" when a VL2 analyzer is named, else "cpu"
+    # per analyzer of the profile, the options its engine takes (model.registry names them; an unknown one fails
+    # the analyzer's jobs and `vlwatch eval` with a message that lists the known ones)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -92,7 +95,17 @@ class Profile(_Strict):
             raise ValueError("vl2-ground needs at least one phrase in 'phrases'")
         if "vl2-ask" in self.analyzers and not self.checks:
             raise ValueError("vl2-ask needs at least one check in 'checks'")
+        for name in self.options:
+            if name not in self.analyzers:
+                raise ValueError(f"options.{name}: the profile does not run analyzer {name!r}")
         return self
+
+    def analyzer_options(self, name: str) -> dict[str, Any]:
+        """What the profile asks of analyzer ``name``: its options, and the phrases for ``vl2-ground``."""
+        options = dict(self.options.get(name, {}))
+        if name == "vl2-ground":
+            options["phrases"] = list(self.phrases)
+        return options
 
     @property
     def queue_name(self) -> str:

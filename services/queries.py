@@ -43,7 +43,7 @@ def job_counts(session: Session) -> dict[str, int]:
 @dataclass(frozen=True)
 class ImageResults:
     image: Image
-    job: Optional[Job]  # the latest job of the image
+    job: Optional[Job]  # the image's latest succeeded job, else its latest job (queued, running or failed)
     rows: dict[str, list[dict[str, Any]]]  # kind -> rows (label/text/value, box, score, analyzer)
     answers: list[dict[str, Any]] = field(default_factory=list)  # answers to checks, in check order
 
@@ -56,8 +56,10 @@ _COLUMNS = {
 
 
 def image_results(session: Session, image: Image) -> ImageResults:
+    """The results of the image's latest succeeded job (a reprocess still queued does not hide them)."""
     job = session.execute(
-        select(Job).where(Job.image_id == image.id).order_by(Job.id.desc()).limit(1)
+        select(Job).where(Job.image_id == image.id)
+        .order_by((Job.status == JobStatus.succeeded.value).desc(), Job.id.desc()).limit(1)
     ).scalar_one_or_none()
     rows: dict[str, list[dict[str, Any]]] = {}
     for kind, table in RESULT_TABLES.items():

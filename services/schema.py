@@ -109,8 +109,12 @@ class Image(Base):
 
 
 class Job(Base):
+    """One analysis of one image. An image has one job from registration and one more per ``vlwatch reprocess``;
+    each keeps its own result rows. The views ``current_*`` pick the latest succeeded job per image and profile."""
+
     __tablename__ = "jobs"
-    __table_args__ = (Index(None, "status", "lease_expires_at"), Index(None, "finished_at"))
+    __table_args__ = (Index(None, "status", "lease_expires_at"), Index(None, "finished_at"),
+                      Index(None, "image_id", "profile", "status"))
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
     profile: Mapped[str] = mapped_column(String(128))
@@ -305,6 +309,42 @@ class AuditEntry(Base):
     source: Mapped[Optional[str]] = mapped_column(String(128))
     criteria: Mapped[dict[str, Any]] = mapped_column()  # what was asked: key, before, retain_days, token name...
     counts: Mapped[dict[str, Any]] = mapped_column()  # rows, objects, deliveries (by status) removed
+
+
+class EvalRun(Base):
+    """One ``vlwatch eval`` run over a labelled set: what ran (lineage, settings) and its scores, so runs compare.
+    ``metrics`` holds the scores (identical for two runs with the same set, analyzers and settings); ``timings``
+    the latencies, which vary and are kept apart."""
+
+    __tablename__ = "eval_runs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    set_name: Mapped[str] = mapped_column(String(255))
+    set_path: Mapped[str] = mapped_column(Text)
+    set_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the truth file and every image
+    images: Mapped[int] = mapped_column(Integer)
+    profile: Mapped[str] = mapped_column(String(128))
+    analyzers: Mapped[list[Any]] = mapped_column()  # names, in profile order
+    lineage: Mapped[list[Any]] = mapped_column()  # per analyzer: engine, version, model_id, checkpoint_digest...
+    settings: Mapped[dict[str, Any]] = mapped_column()  # degradations, strengths, seed
+    metrics: Mapped[dict[str, Any]] = mapped_column()  # {"clean": {...}, "degraded": {name: {strength: {...}}}}
+    timings: Mapped[dict[str, Any]] = mapped_column()  # clean pass: images/s, per analyzer p50/p95
+    report_dir: Mapped[Optional[str]] = mapped_column(Text)
+
+
+class EvalImage(Base):
+    """What one evaluation run predicted for one image under one condition (``clean`` or a degradation at a
+    strength): the rows in the shape of the result tables, for ``vlwatch diff``."""
+
+    __tablename__ = "eval_images"
+    __table_args__ = (UniqueConstraint("run_id", "file_name", "condition", "strength"),)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    file_name: Mapped[str] = mapped_column(String(1024))
+    condition: Mapped[str] = mapped_column(String(16))  # clean, blur, dark, noise, jpeg, tilt
+    strength: Mapped[int] = mapped_column(Integer)  # 0 for clean, else 1..3
+    predictions: Mapped[dict[str, Any]] = mapped_column()  # kind -> rows; "answers" -> {check: {value, status}}
+    error: Mapped[Optional[str]] = mapped_column(Text)
 
 
 RESULT_TABLES = {"objects": ObjectRow, "text_lines": TextLineRow, "barcodes": BarcodeRow}

@@ -179,9 +179,16 @@ def jpeg_of_size(n_bytes: int) -> bytes:
 # ---- shelf labels ----------------------------------------------------------------------------------------------
 def code128_image(value: str, module_px: int = 3, height: int = 110) -> Image.Image:
     """A Code128 symbol, ``module_px`` pixels per module, quiet zones included, no human-readable line."""
-    from barcode import Code128
+    return linear_image("code128", value, module_px, height)
 
-    modules = Code128(value).build()[0]  # "1011..." one char per module
+
+def linear_image(symbology: str, value: str, module_px: int = 3, height: int = 110, **options: object
+                 ) -> Image.Image:
+    """A 1D symbol of python-barcode's ``symbology`` (``code128``, ``ean13``, ``code39``...; ``options`` go to
+    its constructor), ``module_px`` pixels per module, 10-module quiet zones, no human-readable line."""
+    import barcode
+
+    modules = barcode.get(symbology, value, options=options or None).build()[0]  # "1011..." one char per module
     quiet = 10
     w = (len(modules) + 2 * quiet) * module_px
     im = Image.new("L", (w, height), 255)

@@ -93,6 +93,11 @@ def _ensure_binary(service: str, binary: str, patterns: tuple[str, ...] = ()) ->
     return path
 
 
+def chromium() -> str:
+    """Debian's headless-capable Chromium (tests open generated HTML pages in it); installed when missing."""
+    return _ensure_binary("chromium", "chromium")
+
+
 def _spawn(cmd: list[str], log: Path, pidfile: Path, **kw) -> None:  # noqa: ANN003
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -134,3 +134,14 @@ def test_bad_site_config_names_the_field(change, message):
     with pytest.raises(ConfigError) as err:
         parse_config(yaml.safe_dump(base), "site.yaml")
     assert message.replace("Value error, ", "") in str(err.value)
+
+
+def test_profile_options_per_analyzer():
+    cfg = parse_config(yaml.safe_dump({"profiles": {
+        "v1": {"analyzers": ["barcode", "vl2-ground"], "phrases": ["pallet"],
+               "options": {"barcode": {"scene_pass": False}, "vl2-ground": {"max_new_tokens": 64}}}}}))
+    p = cfg.profiles["v1"]
+    assert p.analyzer_options("barcode") == {"scene_pass": False}
+    assert p.analyzer_options("vl2-ground") == {"max_new_tokens": 64, "phrases": ["pallet"]}
+    with pytest.raises(ConfigError, match=r"profiles\.v1: .*options\.ocr: the profile does not run analyzer 'ocr'"):
+        parse_config(yaml.safe_dump({"profiles": {"v1": {"analyzers": ["barcode"], "options": {"ocr": {}}}}}))

@@ -32,7 +32,14 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:  # noqa: ANN001
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
-    assert _diff(url) == [] and head() == "0005"
+    assert _diff(url) == [] and head() == "0006"
+    engine = create_engine(url)
+    assert "current_barcodes" in inspect(engine).get_view_names()
+    engine.dispose()
+    command.downgrade(alembic_config(url), "0005")
+    engine = create_engine(url)
+    assert inspect(engine).get_view_names() == [] and "eval_runs" not in inspect(engine).get_table_names()
+    engine.dispose()
     command.downgrade(alembic_config(url), "0004")
     engine = create_engine(url)
     assert not {"api_tokens", "audit_log"} & set(inspect(engine).get_table_names())

@@ -28,6 +28,24 @@ log = logging.getLogger(__name__)
 FETCH_THREADS = 8  # object storage is I/O: a batch's objects are fetched concurrently
 
 
+def analyzer_options(name: str, profile: Optional[Profile], settings: Settings) -> dict[str, Any]:
+    """The options a worker builds analyzer ``name`` of ``profile`` with (``vlwatch eval`` builds them the same
+    way): the profile's ``options`` for it and its phrases (vl2-ground) or checks (vl2-ask); for VL2 analyzers the
+    worker's checkpoint and device and the decoding settings of the profile's ``vl2:`` block, else of the worker's
+    ``VLWATCH_VL2_*``. A profile's ``options`` win over both."""
+    options = profile.analyzer_options(name) if profile is not None else {}
+    if profile is not None and name == "vl2-ask":
+        options["checks"] = [c.as_options(n) for n, c in profile.checks.items()]
+    if name.startswith("vl2"):
+        p = profile.vl2 if profile is not None else None
+        options = dict(checkpoint=settings.vl2_checkpoint, device=settings.vl2_device,
+                       dtype=(p and p.dtype) or settings.vl2_dtype,
+                       max_new_tokens=(p and p.max_new_tokens) or settings.vl2_max_new_tokens,
+                       images_per_batch=(p and p.images_per_batch) or settings.vl2_images_per_batch,
+                       prefill_chunk=(p and p.prefill_chunk) or settings.vl2_prefill_chunk) | options
+    return options
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -62,22 +80,7 @@ class Runtime:
             return self._analyzers[key]
 
     def analyzer_options(self, name: str, profile: Optional[Profile] = None) -> dict[str, Any]:
-        """Options of analyzer ``name`` for ``profile``: its phrases (vl2-ground) or checks (vl2-ask); for VL2
-        analyzers this worker's checkpoint and device, and decoding settings from the profile's ``vl2:`` block,
-        else this worker's ``VLWATCH_VL2_*``."""
-        options: dict[str, Any] = {}
-        if profile is not None and name == "vl2-ground":
-            options["phrases"] = list(profile.phrases)
-        if profile is not None and name == "vl2-ask":
-            options["checks"] = [c.as_options(n) for n, c in profile.checks.items()]
-        if name.startswith("vl2"):
-            s, p = self.settings, profile.vl2 if profile is not None else None
-            options.update(checkpoint=s.vl2_checkpoint, device=s.vl2_device,
-                           dtype=(p and p.dtype) or s.vl2_dtype,
-                           max_new_tokens=(p and p.max_new_tokens) or s.vl2_max_new_tokens,
-                           images_per_batch=(p and p.images_per_batch) or s.vl2_images_per_batch,
-                           prefill_chunk=(p and p.prefill_chunk) or s.vl2_prefill_chunk)
-        return options
+        return analyzer_options(name, profile, self.settings)
 
     def fetch_pool(self) -> ThreadPoolExecutor:
         """Threads for fetching a batch's objects, made once per process (not once per batch)."""

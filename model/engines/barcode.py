@@ -1,5 +1,9 @@
 """``barcode``: every symbology zxing-cpp reads (1D and 2D), one result per image, boxes axis-aligned around
-the four position corners the reader reports."""
+the four position corners the reader reports.
+
+A first pass reads the whole upright image as zxing-cpp does by default; with ``scene_pass`` (the default) a second
+pass (``model.engines.barcode_scene``) reads the barcode-like regions the first pass left unread, straightened and
+enlarged: turned and small 1D codes in camera scenes. bench/barcode_scenes.py measures both passes."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from PIL import Image
 
 from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
 from model.detections import Detections
+from model.engines import barcode_scene
 
 ENGINE = "zxing-cpp"
 
@@ -23,18 +28,20 @@ def _engine_version() -> str:
 
 
 class BarcodeAnalyzer:
-    """zxing-cpp over the whole upright image: all formats, rotated and inverted symbols included."""
+    """zxing-cpp over the whole upright image: all formats, rotated and inverted symbols included; then, with
+    ``scene_pass``, over the barcode-like regions it left unread."""
 
     name = "barcode"
 
-    def __init__(self, try_rotate: bool = True, try_downscale: bool = True, try_invert: bool = True) -> None:
+    def __init__(self, try_rotate: bool = True, try_downscale: bool = True, try_invert: bool = True,
+                 scene_pass: bool = True) -> None:
         try:
             import zxingcpp
         except ImportError as e:  # pragma: no cover - a declared dependency
             raise AnalyzerUnavailable(f"barcode: zxing-cpp is not installed ({e}); pip install zxing-cpp") from e
         self._zx = zxingcpp
         self.settings = {"formats": "all", "try_rotate": try_rotate, "try_downscale": try_downscale,
-                         "try_invert": try_invert}
+                         "try_invert": try_invert, "scene_pass": scene_pass}
         self._lineage = Lineage(analyzer=self.name, engine=ENGINE, version=_engine_version(),
                                 settings=dict(self.settings))
 
@@ -48,7 +55,7 @@ class BarcodeAnalyzer:
             gray, try_rotate=self.settings["try_rotate"], try_downscale=self.settings["try_downscale"],
             try_invert=self.settings["try_invert"],
         )
-        formats, values, boxes = [], [], []
+        reads = []  # (format, value, box)
         for b in found:
             if not b.valid:
                 continue
@@ -56,9 +63,10 @@ class BarcodeAnalyzer:
             xs = [p.top_left.x, p.top_right.x, p.bottom_right.x, p.bottom_left.x]
             ys = [p.top_left.y, p.top_right.y, p.bottom_right.y, p.bottom_left.y]
             # zxing reports the centres of the outer modules' edges; +1 covers the last pixel row/column.
-            boxes.append([min(xs), min(ys), max(xs) + 1, max(ys) + 1])
-            formats.append(_format_name(b.format))
-            values.append(b.text)
+            reads.append((_format_name(b.format), b.text, [min(xs), min(ys), max(xs) + 1, max(ys) + 1]))
+        if self.settings["scene_pass"]:
+            reads = barcode_scene.second_pass(self._zx, gray, reads, self.settings["try_invert"])
+        formats, values, boxes = ([r[i] for r in reads] for i in range(3))
         return Detections.from_barcodes(image.size, formats, values, boxes)
 
     def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:

@@ -1,5 +1,6 @@
 """The ``vlwatch`` group and its commands, by domain: database, ingestion, work, results (and the API that serves
-them), access tokens, retention, delivery (webhooks and connectors), demo and model tools."""
+them), access tokens, retention, delivery (webhooks and connectors), demo, model tools and evaluation (eval,
+reprocess, diff)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import click
 
 from services.cli import (
-    connectors, db, delivery, demo, ingest, model, results, retention, serve, tokens, webhooks, work,
+    connectors, db, delivery, demo, evaluate, ingest, model, results, retention, serve, tokens, webhooks, work,
 )
 
 
@@ -20,6 +21,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for module in (db, ingest, work, delivery, results, serve, tokens, retention, webhooks, connectors, demo, model):
+for module in (db, ingest, work, delivery, results, serve, tokens, retention, webhooks, connectors, demo, model,
+               evaluate):
     for command in module.COMMANDS:
         main.add_command(command)

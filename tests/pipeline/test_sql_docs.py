@@ -1,4 +1,5 @@
-"""Every query in docs/sql.md runs on PostgreSQL and returns what an analyst expects on known data."""
+"""Every query in docs/sql.md runs on PostgreSQL and returns what an analyst expects on known data, including an
+image analysed twice (a reprocess): only its latest succeeded job's rows count."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ def _queries() -> dict[int, str]:
     return {int(n): q for n, q in found}
 
 
-def test_docs_hold_fifteen_queries():
-    assert sorted(_queries()) == list(range(1, 16))
+def test_docs_hold_eighteen_queries():
+    assert sorted(_queries()) == list(range(1, 19))
 
 
 @pytest.fixture
@@ -37,10 +38,11 @@ def seeded(db_url: str) -> str:
         s.add_all([aisle, gate])
         s.flush()
 
-        def image_job(src, key, status="succeeded", finished=now, error=None):  # noqa: ANN001, ANN202
-            img = Image(source_id=src.id, bucket="b", key=key, etag=key, size=1, width=100, height=50)
-            s.add(img)
-            s.flush()
+        def image_job(src, key, status="succeeded", finished=now, error=None, img=None):  # noqa: ANN001, ANN202
+            if img is None:
+                img = Image(source_id=src.id, bucket="b", key=key, etag=key, size=1, width=100, height=50)
+                s.add(img)
+                s.flush()
             job = Job(image_id=img.id, profile=src.profile, queue="cpu", status=status, finished_at=finished,
                       error=error, timings={"fetch": 0.01, "decode": 0.02, "barcode": 0.1}, attempts=1)
             s.add(job)
@@ -48,7 +50,13 @@ def seeded(db_url: str) -> str:
             return img, job
 
         box = {"x1": 1.0, "y1": 2.0, "x2": 30.0, "y2": 20.0}
-        a, ja = image_job(aisle, "aisle-7/a.png")
+        # a.png was analysed twice: the first job read WH-99999 and "SKU: WH-99999"; the reprocess (the later job)
+        # reads WH-10427. Only the later job's rows are current. A failed attempt before it is superseded.
+        a, j_old = image_job(aisle, "aisle-7/a.png", finished=now - timedelta(days=2))
+        s.add(BarcodeRow(job_id=j_old.id, image_id=a.id, analyzer="barcode", format="Code128", value="WH-99999", **box))
+        s.add(TextLineRow(job_id=j_old.id, image_id=a.id, analyzer="ocr", text="SKU: WH-99999", score=0.5, **box))
+        image_job(aisle, "aisle-7/a.png", status="failed", finished=now - timedelta(days=1), error="x", img=a)
+        _, ja = image_job(aisle, "aisle-7/a.png", img=a)
         s.add(BarcodeRow(job_id=ja.id, image_id=a.id, analyzer="barcode", format="Code128", value="WH-10427", **box))
         s.add(TextLineRow(job_id=ja.id, image_id=a.id, analyzer="ocr", text="SKU: WH-10427", score=0.98, **box))
         b, jb = image_job(aisle, "aisle-7/b.png")
@@ -96,7 +104,7 @@ def test_q3_failed_last_hour(seeded):
 
 def test_q4_queue_by_status(seeded):
     counts = {r[0]: r[1] for r in run(seeded, 4)}
-    assert counts == {"failed": 2, "queued": 1, "succeeded": 4}
+    assert counts == {"failed": 3, "queued": 1, "succeeded": 5}
 
 
 def test_q5_sku_text(seeded):
@@ -116,7 +124,7 @@ def test_q7_per_source_per_day(seeded):
 
 def test_q8_stage_times(seeded):
     rows = {r[0]: (r[1], round(r[2], 3)) for r in run(seeded, 8)}
-    assert rows == {"barcode": (4, 0.1), "decode": (4, 0.02), "fetch": (4, 0.01)}
+    assert rows == {"barcode": (5, 0.1), "decode": (5, 0.02), "fetch": (5, 0.01)}  # every job run counts
 
 
 def test_q9_confident_detections(seeded):
@@ -126,3 +134,27 @@ def test_q9_confident_detections(seeded):
 
 def test_q10_dead_deliveries(seeded):
     assert [(r[0], r[2], r[4]) for r in run(seeded, 10)] == [("erp", "msg_1", 503)]
+
+
+def test_superseded_rows_are_not_current(seeded):
+    assert run(seeded, 2, value="WH-99999") == []
+    assert [r[0] for r in run(seeded, 5, sku_pattern="WH-99999")] == []
+
+
+def test_q16_current_results_of_one_image(seeded):
+    rows = run(seeded, 16, key="aisle-7/a.png")
+    assert [(r[0], r[2], r[3]) for r in rows] == [("barcodes", "Code128", "WH-10427"),
+                                                  ("text_lines", "text", "SKU: WH-10427")]
+
+
+def test_q17_sku_sightings(seeded):
+    rows = run(seeded, 17, sku="WH-10427")
+    assert sorted((r[1], r[2]) for r in rows) == [("aisle-7/a.png", "barcode"), ("aisle-7/a.png", "ocr"),
+                                                  ("aisle-7/old.png", "barcode")]
+    assert run(seeded, 17, sku="WH-99999") == []
+
+
+def test_q18_failed_jobs_needing_a_look(seeded):
+    rows = run(seeded, 18)
+    assert {(r[0], r[1], r[2]) for r in rows} == {("bad image: truncated JPEG", 1, "aisle-7/broken.jpg"),
+                                                  ("x", 1, "aisle-7/old-broken.jpg")}  # a.png's failure is superseded
