@@ -3,6 +3,9 @@
 SQLAlchemy 2.0 typed models with a constraint naming convention. Alembic revisions under migrations/ are the
 only way the schema changes; `vlwatch db upgrade` applies them on PostgreSQL and SQLite.
 Every timestamp is timezone-aware UTC.
+
+Why this module is long: it is the whole query surface in one place, in the order docs/sql.md documents it, so a
+reader can hold the tables, their keys and their relations side by side.
 """
 
 from __future__ import annotations
