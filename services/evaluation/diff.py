@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from services.evaluation.metrics import match_lines, normalise
 from services.evaluation.store import load_predictions
-from services.schema import RESULT_TABLES, Image, Job, JobStatus, Source
+from services.schema import RESULT_TABLES, AnswerRow, Image, Job, JobStatus, Source
 
 IOU = 0.5
 Side = dict[str, dict[str, Any]]  # image -> {"barcodes": rows, "text_lines": rows, "objects": rows, "answers"?}
@@ -140,11 +140,9 @@ def _lineage_has(lineage: Optional[list[dict[str, Any]]], key: str, value: str) 
 
 
 def job_side(session: Session, source: Optional[str], keep: Callable[[Any], bool]) -> Side:
-    """Per image and profile the latest succeeded job that ``keep`` accepts, and its rows, by image key.
-
-    HOOK(checks): check answers of jobs live in the ``answers`` table of the checks work, not on this branch; when
-    it lands, load its rows of these jobs here as ``side[key]["answers"] = {check: {"value", "status"}}`` and
-    ``diff_image`` reports changed answers for jobs as it does for evaluation runs."""
+    """Per image and profile the latest succeeded job that ``keep`` accepts, and its rows, by image key: the result
+    rows by kind and ``answers`` (check -> ``value``, ``status``), which ``diff_image`` compares as it does for
+    evaluation runs."""
     query = (select(Job.id, Job.image_id, Job.profile, Job.finished_at, Job.lineage, Image.key)
              .join(Image, Image.id == Job.image_id).where(Job.status == JobStatus.succeeded.value)
              .order_by(Job.id))
@@ -163,6 +161,10 @@ def job_side(session: Session, source: Optional[str], keep: Callable[[Any], bool
                                        ).scalars():
                 side[keys[row.job_id]][kind].append(
                     {c.name: getattr(row, c.name) for c in table.__table__.columns})
+    for i in range(0, len(ids), 500):
+        for a in session.execute(select(AnswerRow).where(AnswerRow.job_id.in_(ids[i:i + 500]))).scalars():
+            value = next((v for v in (a.value_bool, a.value_number, a.value_text) if v is not None), None)
+            side[keys[a.job_id]].setdefault("answers", {})[a.check_name] = {"value": value, "status": a.status}
     return side
 
 

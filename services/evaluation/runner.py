@@ -94,20 +94,12 @@ def analyze_one(picture: Any, truth: ImageTruth, analyzers: Sequence[tuple[str, 
 
 
 def result_answers(result: Any) -> Optional[dict[str, dict[str, Any]]]:
-    """HOOK(checks): the typed answers of a checks analyzer (``vl2-ask``), read generically: an ``answers``
-    attribute of the result holding items (objects or dicts) with ``check`` (or ``name``), ``value`` and
-    ``status``. None when the result carries no answers: then check accuracy reports every labelled check as
-    unanswered. When the checks analyzer lands with another shape, this is the one place to adapt."""
-    items = getattr(result, "answers", None)
-    if items is None:
+    """The typed answers of the checks analyzer (``vl2-ask``; ``model.vl2.ask.CheckAnswer``): check name ->
+    ``value``, ``status``, ``raw``. None for an analyzer that answers no checks: check accuracy then counts every
+    labelled check as unanswered."""
+    if result.lineage.analyzer != "vl2-ask":
         return None
-    out = {}
-    for item in items:
-        get = item.get if isinstance(item, dict) else (lambda k, _i=item: getattr(_i, k, None))
-        name = get("check") or get("name")
-        if name is not None:
-            out[str(name)] = {"value": get("value"), "status": get("status") or "ok", "raw": get("raw_text")}
-    return out
+    return {a.check.name: {"value": a.value, "status": a.status, "raw": a.raw} for a in result.answers}
 
 
 def score(p: Pass) -> dict[str, Any]:

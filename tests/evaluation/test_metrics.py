@@ -55,14 +55,14 @@ def test_grounding_per_label_precision_recall_iou() -> None:
     assert (m["precision"], m["recall"]) == (0.5, 0.5)
 
 
-def test_checks_accuracy_unparsed_and_the_answers_hook() -> None:
-    class Result:
-        answers = [{"check": "door", "value": "open", "status": "ok"}, {"name": "count", "value": None,
-                                                                      "status": "unparsed"}]
+def test_checks_accuracy_unparsed_and_the_answers_of_vl2_ask() -> None:
+    from types import SimpleNamespace as NS
 
-    got = result_answers(Result())
-    assert got["door"]["value"] == "open" and got["count"]["status"] == "unparsed"
-    assert result_answers(object()) is None  # an analyzer without answers
+    answers = (NS(check=NS(name="door"), value="open", status="ok", raw="Open."),
+               NS(check=NS(name="count"), value=None, status="unparsed", raw="many"))
+    got = result_answers(NS(lineage=NS(analyzer="vl2-ask"), answers=answers))
+    assert got["door"]["value"] == "open" and got["count"]["status"] == "unparsed" and got["count"]["raw"] == "many"
+    assert result_answers(NS(lineage=NS(analyzer="barcode"), answers=())) is None  # an analyzer without answers
     m = check_metrics([({"door": "Open", "count": 3}, got), ({"door": "closed"}, None)])
     assert (m["labelled"], m["correct"], m["unparsed"], m["unanswered"]) == (3, 1, 1, 1)
     assert m["accuracy"] == round(1 / 3, 6) and m["answered"] is True

@@ -56,7 +56,7 @@ def vlwatch(env: dict[str, str], *args: str) -> str:
 def documented(db_url: str) -> dict[int, list[tuple]]:
     """Every documented query's answer, times left out (a reprocess finishes its jobs later, by design)."""
     params = {"source": "dock", "sku_pattern": SKU, "value": "WH-30001", "label": "pallet", "min_score": 0.0,
-              "key": "dock/plain-100.png", "sku": "WH-30001"}
+              "key": "dock/plain-100.png", "sku": "WH-30001", "check": "fire-exit-clear"}
     out = {}
     with session_scope(db_url) as s:
         for n, sql in _queries().items():
@@ -117,7 +117,7 @@ def test_reprocess_keeps_old_rows_switches_current_and_diff_lists_planted_change
         assert after[n] == before[n], n
     assert len(after[2]) == 1 and after[6] == []  # WH-30001 is now read; every image has a barcode
     assert len(after[1]) == len(before[1]) + TURNED and set(before[1]) <= set(after[1])
-    assert len(after[12]) == 1
+    assert len(after[17]) == 1
     assert before[4] == [("succeeded", str(TOTAL))] and after[4] == [("succeeded", str(2 * TOTAL))]  # every run
     assert before[7] == [("dock", str(TOTAL), str(TOTAL - TURNED))] and after[7] == [("dock", str(TOTAL), str(TOTAL))]
 
