@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from model.analyzers import AnalyzerResult
-from model.detections import Detections
+from model.detections import Detections, storable
 from model.vl2.analyzer import Ask, VL2Analyzer, VL2Options, load_shared, vl2_options
 from model.vl2.answers import KINDS, Expectation, Value, parse_answer
 from model.vl2.prompts import check_prompt
@@ -167,7 +167,7 @@ class VL2AskAnalyzer(VL2Analyzer):
             boxes = grounded.to_detections(size, default_score=confidence or 0.0) if grounded.n_boxes else None
         else:
             raw = text = tok.decode(tokens, skip_special_tokens=True)
-        raw, text = raw.replace("\x00", "\ufffd"), text.replace("\x00", "\ufffd")  # SQL text cannot hold NUL
+        raw, text = storable(raw), storable(text)
         parsed = parse_answer(check.kind, text, check.choices)
         return CheckAnswer(check, parsed.status, raw, parsed.value, confidence, parsed.reason, check.with_previous,
                            boxes)
