@@ -31,7 +31,7 @@ from sqlalchemy.exc import OperationalError
 from services.config import GPU_ANALYZERS
 from services.storage import StorageUnavailable
 from workers.commit import commit
-from workers.gpu_jobs import GpuJob, expected_prompts, finish, prepare
+from workers.gpu_jobs import GpuJob, build_scheduler, expected_prompts, finish, prepare
 from workers.lease import Claimed, claim, claim_queued, release, renew
 from workers.pipeline import TransientError, _count
 from workers.runtime import Runtime
@@ -48,10 +48,12 @@ EMPTY_QUEUE_WAIT = 1.0
 
 
 def scheduled(rt: Runtime, queue: Optional[str]) -> bool:
-    """Whether jobs of ``queue`` go through the scheduler: ``VLWATCH_VL2_SCHEDULER`` is on and a profile of that
-    queue runs a VL2 analyzer."""
-    return rt.settings.vl2_scheduler and queue is not None and any(
-        p.queue_name == queue and any(a in GPU_ANALYZERS for a in p.analyzers) for p in rt.config.profiles.values())
+    """Whether jobs of ``queue`` go through the scheduler: ``VLWATCH_VL2_SCHEDULER`` is on and every profile of that
+    queue runs a VL2 analyzer (the ``gpu`` queue by default). A queue that also carries profiles without one keeps
+    the batch path, where CPU analyzers see batches."""
+    profiles = [p for p in rt.config.profiles.values() if p.queue_name == queue]
+    return rt.settings.vl2_scheduler and bool(profiles) and all(
+        any(a in GPU_ANALYZERS for a in p.analyzers) for p in profiles)
 
 
 def serve(rt: Runtime, job_ids: Sequence[int]) -> list[Outcome]:
@@ -302,36 +304,6 @@ class Feeder:
                 self._held.pop(job.job_id, None)
                 job.done.set()
             self._lock.notify_all()
-
-
-def build_scheduler(model: Any, settings: Any) -> Any:
-    """The scheduler of ``model`` as the settings size it: the memory budget per GPU (``VLWATCH_VL2_GPU_MEMORY``,
-    the figure ``vlwatch model plan`` uses), at most ``VLWATCH_VL2_MAX_BATCH`` prompts at once."""
-    from model.vl2.plan import parse_size
-    from model.vl2.scheduler import Scheduler, SchedulerConfig
-
-    config = SchedulerConfig(memory_budget=parse_size(settings.vl2_gpu_memory) if settings.vl2_gpu_memory else None,
-                             max_batch=settings.vl2_max_batch)
-    if settings.vl2_prefill_chunk:
-        config.prefill_chunk = settings.vl2_prefill_chunk
-    device = model.image_newline.device
-    log.info("VL2 scheduler on %s: memory budget %s, at most %d prompts at once", device,
-             settings.vl2_gpu_memory or "not set (the KV pool holds the max batch)", config.max_batch)
-    return Scheduler(model, config, metrics=_metrics(device))
-
-
-_metrics_made: Optional[Any] = None
-
-
-def _metrics(device: Any) -> Any:
-    """The process's scheduler metrics (``vlwatch_gpu_*``, labelled with the GPU index), made once: the metric
-    objects register once per process."""
-    global _metrics_made
-    if _metrics_made is None:
-        from model.vl2.metrics import SchedulerMetrics
-
-        _metrics_made = SchedulerMetrics(gpu=str(device.index) if device.type == "cuda" else device.type)
-    return _metrics_made
 
 
 _feeder: Optional[tuple[int, Feeder]] = None  # (pid that made it, feeder): threads do not survive a fork

@@ -5,19 +5,24 @@ profile's CPU analyzers, and puts every VL2 prompt of the profile about the imag
 (``model.vl2.serving``: one request for the image alone, one more for the checks that compare with the previous
 image). ``finish`` turns the scheduler's answers into the VL2 analyzers' results and orders all results as the
 profile lists its analyzers, as the batch path does, so ``workers.commit`` writes the same rows either way.
+``build_scheduler`` makes the scheduler the jobs of one model go to, as the worker's settings size it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Hashable, Optional
 
 from services.config import GPU_ANALYZERS
+from services.settings import Settings
 from workers.pipeline import analyze, check, decode, fetch, load_analyzer, pair
 from workers.runtime import Runtime
 from workers.work import Outcome, Work
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from model.vl2.requests import RequestResult
@@ -119,3 +124,33 @@ def finish(rt: Runtime, job: GpuJob) -> None:
 
 def _names(job: GpuJob) -> str:
     return ", ".join(a.name for a in job.analyzers) or "VL2"
+
+
+def build_scheduler(model: Any, settings: Settings) -> Any:
+    """The scheduler of ``model`` as the settings size it: the memory budget per GPU (``VLWATCH_VL2_GPU_MEMORY``,
+    the figure ``vlwatch model plan`` uses), at most ``VLWATCH_VL2_MAX_BATCH`` prompts at once."""
+    from model.vl2.plan import parse_size
+    from model.vl2.scheduler import Scheduler, SchedulerConfig
+
+    config = SchedulerConfig(memory_budget=parse_size(settings.vl2_gpu_memory) if settings.vl2_gpu_memory else None,
+                             max_batch=settings.vl2_max_batch)
+    if settings.vl2_prefill_chunk:
+        config.prefill_chunk = settings.vl2_prefill_chunk
+    device = model.image_newline.device
+    log.info("VL2 scheduler on %s: memory budget %s, at most %d prompts at once", device,
+             settings.vl2_gpu_memory or "not set (the KV pool holds the max batch)", config.max_batch)
+    return Scheduler(model, config, metrics=_metrics(device))
+
+
+_metrics_made: Optional[Any] = None
+
+
+def _metrics(device: Any) -> Any:
+    """The process's scheduler metrics (``vlwatch_gpu_*``, labelled with the GPU index), made once: the metric
+    objects register once per process."""
+    global _metrics_made
+    if _metrics_made is None:
+        from model.vl2.metrics import SchedulerMetrics
+
+        _metrics_made = SchedulerMetrics(gpu=str(device.index) if device.type == "cuda" else device.type)
+    return _metrics_made

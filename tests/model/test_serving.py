@@ -4,7 +4,6 @@ equal ``analyze()``'s (greedy ids identical, so identical rows), on a tiny rando
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from model.vl2.ask import build_ask_analyzer
 from model.vl2.requests import RequestResult
 from model.vl2.scheduler import Scheduler, SchedulerConfig
 from model.vl2.serving import image_prompts, results_of
-from tests.model.scheduling import one_thread  # noqa: F401 (fixture)
+from tests.model.scheduling import one_thread, same  # noqa: F401 (one_thread: a fixture)
 from tests.model.tiny import TOKENIZER_DIR, random_model, tiny_config, write_release_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,17 +44,6 @@ def _image(size: tuple[int, int], colour: tuple[int, int, int]) -> Image.Image:
     return im
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal, floats (scores, confidences: means of probabilities) to 1e-5."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _rows(result: Any) -> dict[str, Any]:
     return {"detections": result.detections.to_rows(), "lineage": result.lineage.as_dict(),
             "answers": [a.to_row() for a in result.answers]}
@@ -77,7 +65,7 @@ def test_scheduled_prompts_give_the_analyzers_results(analyzers: list[Any]) -> N
     for i, p in enumerate(prompts):
         got = results_of(analyzers, p, results)
         for a, (g, w) in enumerate(zip(got, [want[a][i] for a in range(len(analyzers))])):
-            assert _same(_rows(g), _rows(w)), (analyzers[a].name, i, _rows(g), _rows(w))
+            assert same(_rows(g), _rows(w)), (analyzers[a].name, i, _rows(g), _rows(w))
     statuses = [[a.status for a in want[2][i].answers] for i in range(3)]
     assert statuses[0][2] == "no_previous" and "no_previous" not in statuses[1] + statuses[2]
     assert any(len(want[1][i].detections) for i in range(3))  # OCR read something: the comparison has rows

@@ -14,7 +14,6 @@ PostgreSQL, Redis and SeaweedFS through the continuous-batching scheduler (``wor
 from __future__ import annotations
 
 import io
-import math
 import re
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from services.ingest.register import register_and_send
 from services.queries import image_results
 from services.schema import Image, Job
 from services.settings import Settings
+from tests.model.scheduling import same
 from tests.ops.procs import free_port, scrape
 from tests.pipeline.conftest import ROOT
 from tests.waiting import wait_for
@@ -133,17 +133,6 @@ class Run:
         return out
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equal, floats (scores and confidences: means of token probabilities) to 1e-5."""
-    if isinstance(a, float) and isinstance(b, float):
-        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
 def _series(text: str, name: str) -> list[float]:
     """Values of every series of ``name`` in a Prometheus exposition (any labels: a multiprocess gauge adds pid)."""
     return [float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})?\s+(\S+)$", text, re.M)]
@@ -175,7 +164,7 @@ def test_gpu_worker_serves_a_mixed_batch_like_the_batch_path(app_env, db_url, se
     assert started not in batch_worker.log.read_text() and started in worker.log.read_text()
     for item in batch:
         keep = ("rows", "answers", "lineage")
-        assert _same({k: sched[item][k] for k in keep}, {k: batch[item][k] for k in keep}), item
+        assert same({k: sched[item][k] for k in keep}, {k: batch[item][k] for k in keep}), item
     read = [sched[("read", i)] for i in range(len(LABELS))]
     assert all(r["rows"]["text_lines"] and r["rows"]["barcodes"] for r in read)  # OCR and barcodes both ran
     assert [e["analyzer"] for e in read[0]["lineage"]] == ["vl2-ocr", "barcode"]  # the profile's order
@@ -204,3 +193,21 @@ def test_gpu_worker_serves_a_mixed_batch_like_the_batch_path(app_env, db_url, se
         assert _series(metrics, gauge), gauge
     assert len(_series(metrics, "vlwatch_gpu_scheduler_prompts")) >= 2  # waiting and running
     assert _series(metrics, "vlwatch_jobs_finished_total") == [len(sched)]
+
+
+def test_a_job_that_cannot_fit_the_memory_budget_fails_saying_so(app_env, db_url, send_job, start_worker,
+                                                                checkpoint, tmp_path):  # noqa: ANN001
+    """``VLWATCH_VL2_GPU_MEMORY`` sizes the worker's scheduler: under a budget smaller than the weights, the job
+    fails with the scheduler's message (what one image needs, and the budget); the worker goes on."""
+    cfg_file = tmp_path / "gpu.yaml"
+    cfg_file.write_text(yaml.safe_dump(CONFIG))
+    env = {"VLWATCH_CONFIG": str(cfg_file), "VLWATCH_VL2_CHECKPOINT": str(checkpoint), "VLWATCH_VL2_DEVICE": "cpu",
+           "VLWATCH_VL2_DTYPE": "float32", "VLWATCH_VL2_GPU_MEMORY": "1MiB", "OMP_NUM_THREADS": "1"}
+    start_worker("gpu", **env)
+    run = Run("sched", app_env, db_url, send_job, cfg_file)
+    run.register([("ground", 0), ("ground", 1)])
+    wait_for(lambda: run.finished(watch_leases=False), 120, "the jobs to finish")
+    for r in run.results().values():
+        assert r["status"] == "failed" and r["error"].startswith("vl2-ground failed on 'sched/ground/"), r["error"]
+        assert "one image alone does not fit: it needs about" in r["error"]
+        assert "the memory budget is 0.00 GiB per GPU" in r["error"]
