@@ -144,7 +144,8 @@ class Detections:
     def to_rows(self) -> list[dict[str, Any]]:
         """The one conversion to rows, named as the columns of the kind's table: the box ``x1, y1, x2, y2`` and
         ``score``, then ``label, phrase, attributes`` (objects; data columns other than ``phrase`` go to
-        ``attributes``), ``text`` (text_lines) or ``format, value`` (barcodes)."""
+        ``attributes``), ``text`` (text_lines) or ``format, value`` (barcodes); text as SQL stores it
+        (``storable``)."""
         rows = []
         for i in range(len(self)):
             x1, y1, x2, y2 = (float(v) for v in self.xyxy[i])
@@ -153,13 +154,20 @@ class Detections:
             data = {key: values[i] for key, values in self.data.items()}
             if self.kind == "objects":
                 phrase = data.pop("phrase", None)
-                row.update(label=self.labels[i], phrase=phrase, attributes=data or None)
+                row.update(label=storable(self.labels[i]), phrase=None if phrase is None else storable(phrase),
+                           attributes=data or None)
             elif self.kind == "text_lines":
-                row.update(text=data["text"])
+                row.update(text=storable(data["text"]))
             else:
-                row.update(format=self.labels[i], value=data["value"])
+                row.update(format=self.labels[i], value=storable(data["value"]))
             rows.append(row)
         return rows
+
+
+def storable(text: str) -> str:
+    """Text as a SQL text column holds it: NUL (which a model's answer or a binary barcode can decode to) becomes
+    U+FFFD, the replacement character; PostgreSQL refuses NUL in text."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _clip(xyxy: Iterable, image_size: tuple[int, int]) -> np.ndarray:

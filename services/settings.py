@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     vl2_max_new_tokens: int = Field(256, ge=1, le=8192)
     vl2_images_per_batch: int = Field(4, ge=1, le=1024)  # images decoded together (x prompts = generation batch)
     vl2_prefill_chunk: Optional[int] = Field(None, ge=16)  # prompt positions per prefill step (caps activations)
+    # The GPU worker (docs/gpu.md): jobs of the queues whose profiles run VL2 go through the continuous-batching
+    # scheduler (workers/gpu.py); off, they run as batches like the CPU analyzers'.
+    vl2_scheduler: bool = True
+    vl2_gpu_memory: Optional[str] = None  # per GPU: weights + KV pool + activations ("10GiB"; `vlwatch model plan`)
+    vl2_max_batch: int = Field(64, ge=1, le=1024)  # prompts decoded together at most
+    vl2_exact_pixels: bool = False  # the official pixel path, bit for bit, instead of the fast one (same token ids)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
@@ -63,6 +69,15 @@ class Settings(BaseSettings):
         from services.config_checks import check_dtype
 
         return check_dtype(v) or v
+
+    @field_validator("vl2_gpu_memory")
+    @classmethod
+    def _memory(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            from model.vl2.plan import parse_size  # imports torch: only where a GPU budget is set
+
+            parse_size(v)  # ValueError: "not a memory size: '10 gigs' (examples: 10GiB, ...)"
+        return v
 
     @property
     def db_url(self) -> str:

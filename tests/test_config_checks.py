@@ -179,7 +179,8 @@ def test_vl2_settings_profile_over_worker(monkeypatch):
 
 @pytest.mark.parametrize(("var", "value"), [("VLWATCH_VL2_DTYPE", "fp8"), ("VLWATCH_VL2_MAX_NEW_TOKENS", "0"),
                                             ("VLWATCH_VL2_IMAGES_PER_BATCH", "none"),
-                                            ("VLWATCH_VL2_PREFILL_CHUNK", "8")])
+                                            ("VLWATCH_VL2_PREFILL_CHUNK", "8"), ("VLWATCH_VL2_GPU_MEMORY", "10 gigs"),
+                                            ("VLWATCH_VL2_MAX_BATCH", "0"), ("VLWATCH_VL2_SCHEDULER", "maybe")])
 def test_worker_vl2_settings_are_validated_at_start(monkeypatch, var: str, value: str):
     monkeypatch.setenv(var, value)
     with pytest.raises(SettingsError, match=var):

@@ -80,11 +80,25 @@ def _warm_up_on_start(app: Celery) -> None:
 
 
 def analyze(job_ids: list[int] | int) -> dict[str, int]:
-    """Thin entry point: the work is ``workers.pipeline.run_batch``; counts of outcomes by status."""
+    """Thin entry point: the work is ``workers.pipeline.run_batch``, or ``workers.gpu.serve`` for the queues of VL2
+    profiles (the continuous-batching scheduler); counts of outcomes by status."""
+    from workers.gpu import scheduled, serve
+
     ids = [int(job_ids)] if isinstance(job_ids, int) else [int(j) for j in job_ids]
     rt = get_runtime()
-    outcomes = run_batch(rt, ids, max(rt.settings.batch_size, len(ids)))
+    if scheduled(rt, _message_queue()):
+        outcomes = serve(rt, ids)
+    else:
+        outcomes = run_batch(rt, ids, max(rt.settings.batch_size, len(ids)))
     return {s: sum(o.status == s for o in outcomes) for s in {o.status for o in outcomes}}
+
+
+def _message_queue() -> Optional[str]:
+    """The queue the running task's message came from (None outside a worker)."""
+    from celery import current_task
+
+    request = getattr(current_task, "request", None)
+    return (getattr(request, "delivery_info", None) or {}).get("routing_key")
 
 
 def reconcile_task() -> dict:

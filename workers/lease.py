@@ -56,6 +56,21 @@ def claim(db_url: str, owner: str, lease_seconds: float, job_ids: Sequence[int],
     return sorted(claimed, key=lambda c: c.job_id)
 
 
+def claim_queued(db_url: str, owner: str, lease_seconds: float, queues: Sequence[str], limit: int) -> list[Claimed]:
+    """Lease up to ``limit`` queued jobs of ``queues``, oldest first: the GPU worker's top-up while it is busy
+    (``claim``'s top-up, without a task naming jobs)."""
+    if limit <= 0 or not queues:
+        return []
+    with session_scope(db_url) as s:
+        queued = (select(Job.id).where(Job.status == JobStatus.queued.value, Job.queue.in_(list(queues)))
+                  .order_by(Job.id).limit(limit))
+        if s.get_bind().dialect.name == "postgresql":  # concurrent workers each take different jobs
+            queued = queued.with_for_update(skip_locked=True)
+        claimed = _take(s, owner, utcnow(), lease_seconds,
+                        Job.id.in_(queued.scalar_subquery()) & (Job.status == JobStatus.queued.value))
+    return sorted(claimed, key=lambda c: c.job_id)
+
+
 def _take(s: Session, owner: str, now: datetime, lease_seconds: float, where: object) -> list[Claimed]:
     """Lease the jobs ``where`` selects in one UPDATE ... RETURNING, then read their object keys."""
     rows = s.execute(update(Job).where(where).values(

@@ -16,12 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
 from model.decode import BadImage, decode_image
 from services import metrics
+from services.config import Profile
 from services.storage import ObjectNotFound, StorageUnavailable
 from workers.commit import commit
 from workers.lease import claim, release, renew
@@ -156,33 +157,25 @@ def pair(rt: Runtime, work: list[Work]) -> None:
         w.timings["pair"] = share
 
 
-def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
+def analyze(rt: Runtime, work: list[Work], leased_at: float, skip: Collection[str] = ()) -> None:
     """Each profile's analyzers over its jobs' images, as one batch per analyzer. An analyzer that cannot run
     here fails its jobs saying so; one that raises on the batch is re-run image by image so only the image
-    that breaks it fails. Leases are renewed after an analyzer once a quarter of the lease has passed."""
-    from model.analyzers import AnalyzerUnavailable
-
+    that breaks it fails. Leases are renewed after an analyzer once a quarter of the lease has passed.
+    ``skip``: analyzers run elsewhere (the GPU worker's scheduler runs the VL2 ones, ``workers.gpu``)."""
     by_profile: dict[str, list[Work]] = defaultdict(list)
     for w in _live(work):
         by_profile[w.profile].append(w)
     for profile_name, group in by_profile.items():
         profile = rt.config.profiles[profile_name]
         for name in profile.analyzers:
+            if name in skip:
+                continue
             group = _live(group)
             if not group:
                 break
             t = time.perf_counter()
-            try:
-                analyzer = rt.analyzer(name, profile)
-            except AnalyzerUnavailable as exc:
-                for w in group:
-                    w.fail("analyzer_unavailable", f"analyzer {name} is not available on this worker: {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - a broken engine set-up fails its jobs, not the worker
-                log.exception("analyzer %s failed to load", name)
-                for w in group:
-                    w.fail("analyzer_unavailable",
-                           f"analyzer {name} failed to load on this worker: {type(exc).__name__}: {exc}")
+            analyzer = load_analyzer(rt, name, profile, group)
+            if analyzer is None:
                 continue
             try:
                 results = _run(analyzer, group)
@@ -198,6 +191,24 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
             if time.monotonic() - leased_at > rt.settings.lease_seconds / 4:
                 leased_at = time.monotonic()
                 renew(rt.db_url, rt.worker_id, rt.settings.lease_seconds, [w.job_id for w in group])
+
+
+def load_analyzer(rt: Runtime, name: str, profile: Profile, group: list[Work]) -> Any:
+    """The process's analyzer ``name`` as ``profile`` configures it; None after failing the jobs of ``group``
+    with the reason it cannot run on this worker."""
+    from model.analyzers import AnalyzerUnavailable
+
+    try:
+        return rt.analyzer(name, profile)
+    except AnalyzerUnavailable as exc:
+        for w in group:
+            w.fail("analyzer_unavailable", f"analyzer {name} is not available on this worker: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a broken engine set-up fails its jobs, not the worker
+        log.exception("analyzer %s failed to load", name)
+        for w in group:
+            w.fail("analyzer_unavailable",
+                   f"analyzer {name} failed to load on this worker: {type(exc).__name__}: {exc}")
+    return None
 
 
 def _run(analyzer: Any, group: list[Work]) -> list:

@@ -14,15 +14,28 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from PIL import Image
 
 from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
 from model.detections import Detections
 
+if TYPE_CHECKING:
+    from model.vl2.generation import GenerationConfig
+
 ENGINE = "deepseek-vl2"
 ENGINE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One prompt an analyzer puts to an image: the user turn, whether it shows the source's previous image before
+    the current one (two ``<image>`` placeholders, previous first), and its decoding settings."""
+
+    prompt: str
+    paired: bool
+    config: GenerationConfig
 
 
 @dataclass(frozen=True)
@@ -63,29 +76,47 @@ class VL2Analyzer:
                        checkpoint_digest=self.digest, prompt=" | ".join(self.prompts()),
                        settings={"dtype": o.dtype, "max_new_tokens": o.max_new_tokens, "decoding": "greedy"})
 
-    def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:
-        from model.vl2.generation import GenerationConfig, generate_many
+    def generation_config(self) -> GenerationConfig:
+        """The decoding settings of every prompt of this analyzer: greedy."""
+        from model.vl2.generation import GenerationConfig
 
         o = self.options
-        cfg = GenerationConfig(max_new_tokens=o.max_new_tokens, eos_token_id=self.processor.tokenizer.eos_id,
-                               prefill_chunk=o.prefill_chunk,
-                               repeat_ngram=o.repeat_ngram if self.name == "vl2-ocr" else 0,
-                               repeat_times=o.repeat_times)
-        lineage = self.lineage()
-        prompts = self.prompts()
-        n_p = len(prompts)
+        return GenerationConfig(max_new_tokens=o.max_new_tokens, eos_token_id=self.processor.tokenizer.eos_id,
+                                prefill_chunk=o.prefill_chunk,
+                                repeat_ngram=o.repeat_ngram if self.name == "vl2-ocr" else 0,
+                                repeat_times=o.repeat_times)
+
+    def asks(self, has_previous: bool = False) -> list[Ask]:
+        """The prompts put to one image, in the order ``result`` takes their answers (``has_previous``: the image
+        has a previous one, for checks that compare; grounding and OCR ignore it)."""
+        config = self.generation_config()
+        return [Ask(p, False, config) for p in self.prompts()]
+
+    def result(self, size: tuple[int, int], has_previous: bool, tokens: Sequence[list[int]],
+               probs: Sequence[list[float]]) -> AnalyzerResult:
+        """The result for one image of ``size`` from the answers (greedy ids and their probabilities) to
+        ``asks(has_previous)``, in that order; the one conversion from answers to Detections, whoever generated
+        them (``analyze`` here, or the GPU worker's scheduler)."""
+        if self.name == "vl2-ground":
+            det = self._grounding(size, list(tokens), list(probs))
+        else:
+            det = self._ocr(size, tokens[0], probs[0])
+        return AnalyzerResult(detections=det, lineage=self.lineage())
+
+    def analyze(self, images: Sequence[Image.Image]) -> list[AnalyzerResult]:
+        from model.vl2.generation import generate_many
+
+        asks = self.asks()
+        n_p = len(asks)
         results = []
-        step = max(1, o.images_per_batch)
+        step = max(1, self.options.images_per_batch)
         for start in range(0, len(images), step):
             chunk = list(images[start:start + step])
-            out = generate_many(self.model, self.processor, chunk, prompts, cfg)  # one vision pass per image
+            out = generate_many(self.model, self.processor, chunk, [a.prompt for a in asks],
+                                asks[0].config)  # one vision pass per image
             for i, image in enumerate(chunk):
-                toks, probs = out.tokens[i * n_p:(i + 1) * n_p], out.probs[i * n_p:(i + 1) * n_p]
-                if self.name == "vl2-ground":
-                    det = self._grounding(image.size, toks, probs)
-                else:
-                    det = self._ocr(image.size, toks[0], probs[0])
-                results.append(AnalyzerResult(detections=det, lineage=lineage))
+                rows = slice(i * n_p, (i + 1) * n_p)
+                results.append(self.result(image.size, False, out.tokens[rows], out.probs[rows]))
         return results
 
     # ---- answers -> Detections ----------------------------------------------------------------------------

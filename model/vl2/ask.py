@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 from PIL import Image
 
 from model.analyzers import AnalyzerResult
-from model.detections import Detections
-from model.vl2.analyzer import VL2Analyzer, VL2Options, load_shared, vl2_options
+from model.detections import Detections, storable
+from model.vl2.analyzer import Ask, VL2Analyzer, VL2Options, load_shared, vl2_options
 from model.vl2.answers import KINDS, Expectation, Value, parse_answer
 from model.vl2.prompts import check_prompt
 
@@ -116,31 +116,43 @@ class VL2AskAnalyzer(VL2Analyzer):
     def prompts(self) -> list[str]:
         return [c.prompt for c in self.checks]
 
+    def asks(self, has_previous: bool = False) -> list[Ask]:
+        """One prompt per check asked about an image: every check when it has a previous image, else those that
+        do not compare (the others answer ``no_previous`` without being asked)."""
+        config = self.generation_config()
+        return [Ask(c.prompt, c.with_previous, config) for c in self._asked(has_previous)]
+
+    def _asked(self, has_previous: bool) -> list[Check]:
+        return [c for c in self.checks if has_previous or not c.with_previous]
+
+    def result(self, size: tuple[int, int], has_previous: bool, tokens: Sequence[list[int]],
+               probs: Sequence[list[float]]) -> AnalyzerResult:
+        """One answer per check, in check order, from the answers to ``asks(has_previous)``."""
+        got = {c.name: self._answer(c, size, t, p) for c, t, p in zip(self._asked(has_previous), tokens, probs)}
+        answers = tuple(got.get(c.name) or CheckAnswer(c, "no_previous") for c in self.checks)
+        return AnalyzerResult(Detections.empty("objects", size), self.lineage(), answers)
+
     def analyze(self, images: Sequence[Image.Image],
                 previous: Sequence[Image.Image | None] | None = None) -> list[AnalyzerResult]:
         """One result per image with one answer per check, in check order; ``previous[i]`` is image i's previous
         image or None."""
-        from model.vl2.generation import GenerationConfig
-
-        o = self.options
         before = list(previous) if previous is not None else [None] * len(images)
         if len(before) != len(images):
             raise ValueError(f"{len(images)} images but {len(before)} previous images")
-        cfg = GenerationConfig(max_new_tokens=o.max_new_tokens, eos_token_id=self.processor.tokenizer.eos_id,
-                               prefill_chunk=o.prefill_chunk)
-        lineage = self.lineage()
         results = []
-        step = max(1, o.images_per_batch)
+        step = max(1, self.options.images_per_batch)
         for start in range(0, len(images), step):
             cur, prev = list(images[start:start + step]), before[start:start + step]
-            asks = [(i, c) for i in range(len(cur)) for c in self.checks if prev[i] is not None or not c.with_previous]
-            rows = [(c.prompt, [prev[i], cur[i]] if c.with_previous else [cur[i]]) for i, c in asks]
-            out = generate_rows(self.model, self.processor, rows, cfg) if rows else None
-            got = {(i, c.name): self._answer(c, cur[i].size, out.tokens[k], out.probs[k])
-                   for k, (i, c) in enumerate(asks) if out is not None}
+            asked = [self.asks(p is not None) for p in prev]
+            rows = [(a.prompt, [prev[i], cur[i]] if a.paired else [cur[i]])
+                    for i, asks in enumerate(asked) for a in asks]
+            out = generate_rows(self.model, self.processor, rows, self.generation_config()) if rows else None
+            k = 0
             for i, image in enumerate(cur):
-                answers = tuple(got.get((i, c.name)) or CheckAnswer(c, "no_previous") for c in self.checks)
-                results.append(AnalyzerResult(Detections.empty("objects", image.size), lineage, answers))
+                n = len(asked[i])
+                tokens, probs = (out.tokens[k:k + n], out.probs[k:k + n]) if out is not None else ([], [])
+                results.append(self.result(image.size, prev[i] is not None, tokens, probs))
+                k += n
         return results
 
     def _answer(self, check: Check, size: tuple[int, int], tokens: list[int], probs: list[float]) -> CheckAnswer:
@@ -155,7 +167,7 @@ class VL2AskAnalyzer(VL2Analyzer):
             boxes = grounded.to_detections(size, default_score=confidence or 0.0) if grounded.n_boxes else None
         else:
             raw = text = tok.decode(tokens, skip_special_tokens=True)
-        raw, text = raw.replace("\x00", "\ufffd"), text.replace("\x00", "\ufffd")  # SQL text cannot hold NUL
+        raw, text = storable(raw), storable(text)
         parsed = parse_answer(check.kind, text, check.choices)
         return CheckAnswer(check, parsed.status, raw, parsed.value, confidence, parsed.reason, check.with_previous,
                            boxes)

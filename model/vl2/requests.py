@@ -1,6 +1,9 @@
 """What the scheduler serves: one ``ImageRequest`` per image (its tiles, once) with every prompt asked about it
 (grounding phrases, the OCR prompt, a site's questions), and one ``RequestResult`` back when all of its prompts are
-done. The image goes through the vision tower once for all of its prompts, as ``generate_many`` does.
+done. The image goes through the vision tower once for all of its prompts, as ``generate_many`` does. A request may
+hold several images when every one of its prompts shows all of them in order (a check ``with_previous``: the
+previous image, then the current one): the image slots of each prompt are filled with the request's image tokens in
+order.
 
 ``image_request`` builds one from JPEG bytes or a PIL image with the processor: the fast pixel path by default
 (``fastprep``; same tile grid and token ids as the exact one), ``exact=True`` for the official pixels.
@@ -18,6 +21,8 @@ from PIL import Image, ImageOps
 
 from model.vl2.fastprep import fast_tiles
 from model.vl2.generation import GenerationConfig, GenerationOutput
+
+ImageSource = bytes | Image.Image  # JPEG (or any PIL-readable) bytes, or an opened image
 
 
 @dataclass
@@ -50,26 +55,34 @@ class RequestResult:
     error: str | None = None
 
 
-def image_request(key: Hashable, processor: Any, image: bytes | Image.Image, prompts: Sequence[str],
+def image_request(key: Hashable, processor: Any, image: ImageSource | Sequence[ImageSource], prompts: Sequence[str],
                   config: GenerationConfig | Sequence[GenerationConfig], exact: bool = False,
                   apply_template: bool = True) -> ImageRequest:
-    """One image and its prompts (each with one ``<image>``), tokenised as ``processor`` does. ``config`` is one
-    for all prompts or one per prompt. JPEG bytes are turned upright by their EXIF orientation on both paths."""
+    """One image (or several, in the order the prompts' ``<image>`` placeholders show them) and its prompts, tokenised
+    as ``processor`` does. ``config`` is one for all prompts or one per prompt. JPEG bytes are turned upright by
+    their EXIF orientation on both paths. As in the processor, images are cropped into local tiles when a prompt
+    shows at most two."""
     configs = [config] * len(prompts) if isinstance(config, GenerationConfig) else list(config)
     if len(configs) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(configs)} generation configs")
-    if exact:
-        im = image if isinstance(image, Image.Image) else ImageOps.exif_transpose(Image.open(io.BytesIO(image)))
-        arrays, grid = processor.image_tiles(im.convert("RGB"))
-        tiles = torch.from_numpy(np.stack(arrays))  # [n_tiles, 3, S, S]
-    else:
-        tiles, grid = fast_tiles(image, processor.tile_spec)
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    cropping = len(images) <= 2
+    tiles, grids = [], []
+    for source in images:
+        if exact:
+            im = source if isinstance(source, Image.Image) else ImageOps.exif_transpose(Image.open(io.BytesIO(source)))
+            arrays, grid = processor.image_tiles(im.convert("RGB"), cropping)
+            tiles.append(torch.from_numpy(np.stack(arrays)))  # [n_tiles, 3, S, S]
+        else:
+            t, grid = fast_tiles(source, processor.tile_spec, cropping)
+            tiles.append(t)
+        grids.append(grid)
     specs = []
     for prompt, cfg in zip(prompts, configs):
         text = processor.format_prompt(prompt) if apply_template else prompt
-        ids, mask = processor.tokens(text, [grid])
+        ids, mask = processor.tokens(text, grids)
         specs.append(PromptSpec(torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.bool), cfg))
-    return ImageRequest(key, tiles, [grid], specs)
+    return ImageRequest(key, torch.cat(tiles), grids, specs)
 
 
 def requests_from_batch(batch: Any, configs: Sequence[GenerationConfig], keys: Sequence[Hashable]) -> list[ImageRequest]:

@@ -1,9 +1,11 @@
-"""Helpers for the scheduler tests: random image requests in the toy layout and the "generated alone" oracle."""
+"""Helpers for the scheduler tests: random image requests in the toy layout, the "generated alone" oracle, and
+results compared as the scheduler and ``generate`` agree (``same``)."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
-from typing import Hashable, Iterator
+from typing import Any, Hashable, Iterator
 
 import pytest
 import torch
@@ -52,3 +54,15 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, floats to 1e-5 (box scores and answer confidences are means of token probabilities, which the
+    scheduler and ``generate`` compute to that precision); recursive over dicts, lists and tuples."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-5)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b

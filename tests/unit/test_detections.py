@@ -29,6 +29,17 @@ def test_rows_are_named_as_each_kinds_table_columns():
     assert {k: codes.to_rows()[0][k] for k in ("format", "value")} == {"format": "QRCode", "value": "v"}
 
 
+
+def test_rows_hold_no_nul():
+    """PostgreSQL refuses NUL in text: a model's answer (or a binary barcode) that decodes to one is stored with
+    U+FFFD in its place, in every text column."""
+    lines = Detections.from_text_lines((10, 10), ["a\x00b"], [[0, 0, 5, 5]], [0.9])
+    objects = Detections.from_grid_boxes((10, 10), ["p\x00"], [[0, 0, 9, 9]], data={"phrase": ["\x00q"]})
+    codes = Detections.from_barcodes((10, 10), ["QRCode"], ["\x00\x01"], [[0, 0, 5, 5]])
+    assert lines.to_rows()[0]["text"] == "a\ufffdb"
+    assert {k: objects.to_rows()[0][k] for k in ("label", "phrase")} == {"label": "p\ufffd", "phrase": "\ufffdq"}
+    assert codes.to_rows()[0]["value"] == "\ufffd\x01"
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
