@@ -6,12 +6,26 @@ import threading
 from typing import Any, Callable, Mapping, Optional
 
 from connectors.dispatch import dispatch_once, pending_deliveries
-from connectors.lifecycle import RetrySchedule
+from connectors.lifecycle import Counts, RetrySchedule
+from connectors.outbound import OutboundGuard
 from connectors.webhooks import WebhookSender
 from services.db import session_scope
 from services.events import event_row
 from services.schema import OutboxEvent
 from tests.waiting import wait_for
+
+LOOPBACK = OutboundGuard.allowing(["127.0.0.0/8"])
+"""The tests' receivers listen on loopback, which outbound connections reach only when allowed."""
+
+
+def loopback_sender() -> WebhookSender:
+    return WebhookSender(LOOPBACK)
+
+
+def dispatch_round(db_url: str, schedule: RetrySchedule, **kw: Any) -> Counts:
+    """One dispatcher round (``dispatch_once``) whose webhooks may reach the tests' loopback receivers."""
+    with loopback_sender() as sender:
+        return dispatch_once(db_url, schedule, timeout=5, sender=sender, **kw)
 
 
 def emit(db_url: str, items: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -29,7 +43,7 @@ def emit_n(db_url: str, n: int, type_: str = "job.succeeded") -> list[str]:
 def drain(db_url: str, schedule: RetrySchedule, connectors: Optional[Mapping[str, Any]] = None,
           timeout: float = 30.0) -> None:
     """Dispatch rounds until no delivery is pending; fail after ``timeout`` seconds."""
-    with WebhookSender() as sender:
+    with loopback_sender() as sender:
         def done() -> bool:
             dispatch_once(db_url, schedule, timeout=5, connectors=connectors, sender=sender)
             with session_scope(db_url) as s:
