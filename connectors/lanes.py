@@ -61,8 +61,11 @@ class Backoff:
 
 class Writer:
     """Records the lanes' outcomes, a batch per transaction, and renews the leases of the deliveries held.
-    With ``retry`` (a running dispatcher) a failed write is kept and tried again after a backoff; without it
-    (one round) the first failure is raised by :meth:`close`."""
+    After the first outcome it waits up to ``LINGER_S`` for ``BATCH`` of them: a transaction's fixed cost is
+    spread over many outcomes. With ``retry`` (a running dispatcher) a failed write is kept and tried again
+    after a backoff; without it (one round) the first failure is raised by :meth:`close`."""
+
+    BATCH, LINGER_S = 500, 0.2
 
     def __init__(self, db_url: str, schedule: RetrySchedule, pace: Pace, kinds: Iterable[DeliveryKind],
                  retry: bool = True) -> None:
@@ -72,6 +75,7 @@ class Writer:
         self.error: Optional[BaseException] = None
         self._cond = threading.Condition()
         self._outcomes: dict[DeliveryKind, list[Outcome]] = {}
+        self._count = 0  # outcomes in _outcomes
         self._given_back: dict[DeliveryKind, list[int]] = {}
         self._held: dict[DeliveryKind, set[int]] = {kind: set() for kind in kinds}
         self._closing = False
@@ -89,7 +93,9 @@ class Writer:
     def put(self, kind: DeliveryKind, outcomes: list[Outcome]) -> None:
         with self._cond:
             self._outcomes.setdefault(kind, []).extend(outcomes)
-            self._cond.notify()
+            self._count += len(outcomes)
+            if self._count == len(outcomes) or self._count >= self.BATCH:  # the first, or a full batch
+                self._cond.notify()
 
     def give_back(self, kind: DeliveryKind, ids: list[int]) -> None:
         """Claimed deliveries that will not be sent here: due again now."""
@@ -118,7 +124,10 @@ class Writer:
             with self._cond:
                 if not (self._outcomes or self._given_back or self._closing):
                     self._cond.wait(max(0.0, renew_at - time.monotonic()))
-                outcomes, self._outcomes = self._outcomes, {}
+                linger_until = time.monotonic() + self.LINGER_S
+                while 0 < self._count < self.BATCH and not self._closing and time.monotonic() < linger_until:
+                    self._cond.wait(linger_until - time.monotonic())
+                outcomes, self._outcomes, self._count = self._outcomes, {}, 0
                 given_back, self._given_back = self._given_back, {}
                 if self._closing and give_up_at == float("inf"):
                     give_up_at = time.monotonic() + 10.0
@@ -141,6 +150,7 @@ class Writer:
                 with self._cond:
                     for kind, outs in outcomes.items():
                         self._outcomes[kind] = outs + self._outcomes.get(kind, [])
+                        self._count += len(outs)
                     for kind, ids in given_back.items():
                         self._given_back.setdefault(kind, []).extend(ids)
                 wait = self.backoff.failed(exc)

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Collection, Optional, Sequence
 
-from sqlalchemy import Select, Text, cast, func, select, update
+from sqlalchemy import Select, Text, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
 from services.db import insert_ignore
 from services.safetext import mask_secrets
-from services.schema import DeliveryStatus, OutboxEvent, utcnow
+from services.schema import DeliveryStatus, OutboxEvent, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,13 @@ class Counts:
         return self
 
 
+def among(column: Any, ids: Collection[int]) -> Any:
+    """``column IN ids`` (ids distinct); a contiguous run is one range: a list of thousands of parameters costs
+    far more to render, send and plan, and batches of fresh deliveries usually are such runs."""
+    lo, hi = min(ids), max(ids)
+    return column.between(lo, hi) if hi - lo + 1 == len(ids) else column.in_(sorted(ids))
+
+
 def matches(event_types: Sequence[str], event_type: str) -> bool:
     return "*" in event_types or event_type in event_types
 
@@ -128,23 +135,32 @@ def _new_delivery(kind: DeliveryKind, event_id: int, target_id: int, now: dateti
 
 def fan_out(session: Session, kinds: Sequence[DeliveryKind], limit: int = 500) -> int:
     """One pending delivery per active matching target of every kind, for up to ``limit`` undispatched events,
-    which are then marked dispatched. Returns deliveries made (an existing one is left as it is)."""
-    events = session.execute(select(OutboxEvent.id, OutboxEvent.type).where(OutboxEvent.dispatched_at.is_(None))
-                             .order_by(OutboxEvent.id).limit(limit).with_for_update(skip_locked=True)).all()
+    which are marked dispatched in the same transaction. Returns deliveries made (an existing one is left as it
+    is). The rows are made by the database, one ``INSERT ... SELECT`` per target."""
+    now = utcnow()
+    batch = (select(OutboxEvent.id).where(OutboxEvent.dispatched_at.is_(None)).order_by(OutboxEvent.id)
+             .limit(limit).with_for_update(skip_locked=True))
+    events = session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(batch.scalar_subquery()))
+                             .values(dispatched_at=now).returning(OutboxEvent.id, OutboxEvent.type)
+                             .execution_options(synchronize_session=False)).all()
     if not events:
         return 0
-    now = utcnow()
+    ids = [ev.id for ev in events]
+    types = {ev.type for ev in events}
     made = 0
     for kind in kinds:
-        targets = session.execute(select(kind.targets.id, kind.targets.event_types)
-                                  .where(kind.targets.active.is_(True))).all()
-        rows = [_new_delivery(kind, ev.id, t.id, now) for ev in events for t in targets
-                if matches(t.event_types, ev.type)]
-        if rows:
-            insert_ignore(session, kind.table, rows, keys=("event_id", kind.target_key))
-        made += len(rows)
-    session.execute(update(OutboxEvent).where(OutboxEvent.id.in_([ev.id for ev in events]))
-                    .values(dispatched_at=now))
+        columns = ("event_id", kind.target_key, "status", "attempts", "next_attempt_at", "created_at")
+        for target_id, event_types in session.execute(select(kind.targets.id, kind.targets.event_types)
+                                                      .where(kind.targets.active.is_(True))).all():
+            wanted = [t for t in types if matches(event_types, t)]
+            if not wanted:
+                continue
+            rows = select(OutboxEvent.id, literal(target_id), literal(PENDING), literal(0),
+                          literal(now, UTCDateTime), literal(now, UTCDateTime)).where(among(OutboxEvent.id, ids))
+            if len(wanted) < len(types):
+                rows = rows.where(OutboxEvent.type.in_(wanted))
+            made += insert_ignore(session, kind.table, (), keys=("event_id", kind.target_key),
+                                  from_select=(columns, rows)).rowcount
     return made
 
 
@@ -154,23 +170,24 @@ def claim_due(session: Session, kind: DeliveryKind, *, now: datetime, lease_s: f
     """Lease up to ``limit`` due deliveries of active targets (of those ``targets`` by name, or ``target_ids``,
     when given; a paused target's wait), oldest due first: their ``next_attempt_at`` moves to ``now + lease_s``."""
     d = kind.table
-    active = kind.active_targets(targets)
-    if target_ids is not None:
-        active = active.where(kind.targets.id.in_(list(target_ids)))
-    due = (select(d.id).where(d.status == PENDING, d.next_attempt_at <= now, kind.target_id.in_(active))
-           .order_by(d.next_attempt_at, d.id).limit(limit).with_for_update(skip_locked=True))
-    ids = session.scalars(update(d).where(d.id.in_(due.scalar_subquery()))
-                          .values(next_attempt_at=now + timedelta(seconds=lease_s)).returning(d.id)
-                          .execution_options(synchronize_session=False)).all()
-    if not ids:
+    due = select(d.id).where(d.status == PENDING, d.next_attempt_at <= now,
+                             kind.target_id.in_(kind.active_targets(targets)))
+    if target_ids is not None:  # each target's due deliveries are an index range of their own
+        due = due.where(kind.target_id.in_(list(target_ids)))
+    due = due.order_by(d.next_attempt_at, d.id).limit(limit).with_for_update(skip_locked=True)
+    leased = session.execute(update(d).where(d.id.in_(due.scalar_subquery()))
+                             .values(next_attempt_at=now + timedelta(seconds=lease_s))
+                             .returning(d.id, d.attempts, d.event_id, kind.target_id)
+                             .execution_options(synchronize_session=False)).all()
+    if not leased:
         return []
-    rows = session.execute(select(d.id, d.attempts, OutboxEvent.event_id, cast(OutboxEvent.payload, Text),
-                                  kind.target_id)
-                           .join(OutboxEvent, OutboxEvent.id == d.event_id)
-                           .where(d.id.in_(ids)).order_by(d.id)).all()
-    found = session.scalars(select(kind.targets).where(kind.targets.id.in_({r[4] for r in rows})))
+    events = {i: (event_id, body) for i, event_id, body in session.execute(
+        select(OutboxEvent.id, OutboxEvent.event_id, cast(OutboxEvent.payload, Text))
+        .where(among(OutboxEvent.id, {r[2] for r in leased})))}
+    found = session.scalars(select(kind.targets).where(kind.targets.id.in_({r[3] for r in leased})))
     by_id = {t.id: t for t in found}
-    return [Claimed(i, attempts, event_id, body, by_id[t]) for i, attempts, event_id, body, t in rows]
+    return [Claimed(i, attempts, *events[event], by_id[t])
+            for i, attempts, event, t in sorted(leased, key=lambda r: r[0])]
 
 
 def renew(session: Session, kind: DeliveryKind, ids: Collection[int], until: datetime) -> None:
@@ -178,7 +195,7 @@ def renew(session: Session, kind: DeliveryKind, ids: Collection[int], until: dat
     slow their target; a dead one's fall due when the last lease it took ends."""
     d = kind.table
     for chunk in _chunks(sorted(ids), 5000):
-        session.execute(update(d).where(d.id.in_(chunk), d.status == PENDING).values(next_attempt_at=until)
+        session.execute(update(d).where(among(d.id, chunk), d.status == PENDING).values(next_attempt_at=until)
                         .execution_options(synchronize_session=False))
 
 
@@ -217,8 +234,8 @@ def record(session: Session, kind: DeliveryKind, outcomes: Sequence[Outcome], sc
                   "next_attempt_at": None, "last_error": None}
         if kind.keeps_status_code:
             values["last_status_code"] = code
-        for chunk in _chunks(ids, 5000):
-            session.execute(update(d).where(d.id.in_(chunk)).values(values)
+        for chunk in _chunks(sorted(ids), 5000):
+            session.execute(update(d).where(among(d.id, chunk)).values(values)
                             .execution_options(synchronize_session=False))
         counts.delivered += len(ids)
     if failed:

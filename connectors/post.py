@@ -5,8 +5,9 @@ machine (``python bench/webhooks.py --clients``), a POST costs ~0.7 ms of CPU wi
 with the bare ``httpcore`` pool and ~0.12 ms with ``http.client``; delivering 2,000 webhooks a second from one
 process leaves no room for the first two. What a full client would add is kept here:
 
-- keep-alive: each thread keeps one connection per origin (scheme, host, port) and reuses it; a connection the
-  server closed while idle is noticed before reuse (its socket is readable) and replaced, so no POST is re-sent;
+- keep-alive: each thread keeps one connection per origin (scheme, host, port) and reuses it; a connection idle
+  for over ``IDLE_CHECK_S`` is checked before reuse and replaced when the server closed it (its socket is
+  readable), so no POST is re-sent; a busy one is not checked (a server closes an idle connection after seconds);
 - no redirects: a 3xx is an answer like any other;
 - a deadline for the whole attempt: every socket operation is bounded by ``timeout``, and a watchdog cuts the
   connection of an attempt still running ``timeout`` seconds after it began (a receiver that trickles bytes);
@@ -38,6 +39,7 @@ from urllib.request import getproxies_environment, proxy_bypass_environment
 from connectors.outbound import OutboundGuard
 
 READ_AT_MOST = 64 * 1024
+IDLE_CHECK_S = 1.0
 KEEP = 2048  # bytes of a body returned to the caller
 
 
@@ -179,13 +181,17 @@ class HttpPoster:
         conns = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = {}
+            self._local.used = {}
         conn = conns.get(target.origin)
+        now = time.monotonic()
         if conn is None:
             conn = conns[target.origin] = self._new_connection(target)
             with self._lock:
                 self._all.append(conn)
-        elif conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+        elif (conn.sock is not None and now - self._local.used[target.origin] > IDLE_CHECK_S
+              and select.select([conn.sock], [], [], 0)[0]):
             conn.close()  # an idle kept-alive socket that is readable was closed (or spoken to) by the server
+        self._local.used[target.origin] = now
         if conn.timeout != timeout:
             conn.timeout = timeout
             if conn.sock is not None:
