@@ -33,8 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import text  # noqa: E402
+
+from bench.connectors import fresh_database  # noqa: E402
 
 RECEIVER = r'''
 import asyncio
@@ -71,16 +72,6 @@ asyncio.run(main())
 
 
 CPU: dict[str, list[float]] = {"baseline": [], "project": []}  # this process's CPU seconds per delivery
-
-
-def fresh_database(server: str) -> str:
-    url = make_url(server)
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text("DROP DATABASE IF EXISTS vlwatch_bench_webhooks WITH (FORCE)"))
-        c.execute(text("CREATE DATABASE vlwatch_bench_webhooks"))
-    admin.dispose()
-    return url.set(database="vlwatch_bench_webhooks").render_as_string(hide_password=False)
 
 
 def prepare(db_url: str, n: int, url: str, secret: str, fanned: bool) -> list[tuple[str, bytes]]:
@@ -202,7 +193,7 @@ def main() -> None:
     if not server:
         from tests import stack
         server = stack.up(["postgres"])["VLWATCH_TEST_PG_URL"]
-    db_url = fresh_database(server)
+    db_url = fresh_database(server, "vlwatch_bench_webhooks")
     from connectors.webhooks import new_secret
     from services.migrate import upgrade
 

@@ -166,22 +166,21 @@ class Writer:
     def _write(self, outcomes: dict[DeliveryKind, list[Outcome]], given_back: dict[DeliveryKind, list[int]],
                renew: bool) -> None:
         """One transaction: record ``outcomes``, make ``given_back`` due now, renew the leases held."""
-        if not (outcomes or given_back or renew):
+        with self._cond:
+            held = {kind: set(ids) for kind, ids in self._held.items()} if renew else {}
+        done = {kind: {o.claimed.id for o in outs} for kind, outs in outcomes.items()}
+        held = {kind: ids - done.get(kind, set()) for kind, ids in held.items() if ids - done.get(kind, set())}
+        if not (outcomes or given_back or held):
             return
         counts = Counts()
-        with self._cond:
-            held = {kind: set(ids) for kind, ids in self._held.items()}
-        done = {kind: {o.claimed.id for o in outs} for kind, outs in outcomes.items()}
         with session_scope(self.db_url) as s:
             for kind, outs in outcomes.items():
                 counts += lifecycle.record(s, kind, outs, self.schedule)
             for kind, ids in given_back.items():
                 lifecycle.renew(s, kind, ids, utcnow())
-            if renew:
-                until = utcnow() + timedelta(seconds=self.pace.lease_s)
-                for kind, ids in held.items():
-                    if ids - done.get(kind, set()):
-                        lifecycle.renew(s, kind, ids - done.get(kind, set()), until)
+            until = utcnow() + timedelta(seconds=self.pace.lease_s)
+            for kind, ids in held.items():
+                lifecycle.renew(s, kind, ids, until)
         self.counts += counts
         self._forget(outcomes, given_back)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
-from typing import Any, Callable, Mapping, Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from connectors.dispatch import dispatch_once, pending_deliveries
 from connectors.lifecycle import Counts, RetrySchedule
@@ -69,3 +74,23 @@ def in_threads(n: int, work: Callable[[], None]) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+@contextmanager
+def watching_dispatcher(db_url: str, folder: Path, **settings: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`vlwatch dispatch --watch` as a process of its own on ``db_url`` (loopback receivers allowed, ``settings``
+    as ``VLWATCH_*`` variables, e.g. ``delivery_lease_seconds="3"``); yields the process and its log file."""
+    env = {**os.environ, "VLWATCH_DATABASE_URL": db_url, "VLWATCH_OUTBOUND_ALLOW": "127.0.0.0/8",
+           "VLWATCH_DATA_DIR": str(folder), **{f"VLWATCH_{k.upper()}": v for k, v in settings.items()}}
+    env.pop("VLWATCH_CONFIG", None)
+    log = folder / "dispatch.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services", "dispatch", "--watch"],
+                                cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(30)

@@ -3,10 +3,7 @@ the reconciler beside a hung receiver — on PostgreSQL with real HTTP receivers
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,11 +19,10 @@ from connectors.webhooks import add_subscription
 from services.cli.receiver import WebhookReceiver
 from services.db import session_scope
 from services.schema import Image, Job, WebhookDelivery, WebhookSubscription, utcnow
-from tests.connectors.outbox import emit_n, loopback_sender
+from tests.connectors.outbox import emit_n, loopback_sender, watching_dispatcher
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.services
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class SlowReceiver:
@@ -149,16 +145,8 @@ def test_a_killed_dispatchers_claims_come_back_within_the_lease_and_reconciling_
                     lease_owner="lost-worker", lease_expires_at=utcnow())
         s.add(stuck)
     ids = emit_n(db_url, 12)
-    env = {**os.environ, "VLWATCH_DATABASE_URL": db_url, "VLWATCH_OUTBOUND_ALLOW": "127.0.0.0/8",
-           "VLWATCH_DATA_DIR": str(tmp_path), "VLWATCH_DELIVERY_LEASE_SECONDS": "3",
-           "VLWATCH_WEBHOOK_TIMEOUT_SECONDS": "60", "VLWATCH_RECONCILE_INTERVAL_SECONDS": "1",
-           "VLWATCH_DISPATCH_INTERVAL_SECONDS": "0.2"}
-    env.pop("VLWATCH_CONFIG", None)
-    log = tmp_path / "dispatch.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services", "dispatch", "--watch"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with watching_dispatcher(db_url, tmp_path, delivery_lease_seconds="3", webhook_timeout_seconds="60",
+                             reconcile_interval_seconds="1", dispatch_interval_seconds="0.2") as (proc, log):
         wait_for(lambda: hung.in_flight == 4 or proc.poll() is not None, 60, "the dispatcher to hang on the receiver")
         assert proc.poll() is None, log.read_text()
         t_hung = time.monotonic()
@@ -173,10 +161,6 @@ def test_a_killed_dispatchers_claims_come_back_within_the_lease_and_reconciling_
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         t_kill = time.monotonic()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     hung.released.set()
     hung.hold.clear()
 

@@ -5,9 +5,6 @@ stack's PostgreSQL are not disturbed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -17,12 +14,11 @@ from connectors.dispatch import pending_deliveries
 from connectors.webhooks import add_subscription
 from services.db import session_scope
 from tests import stack
-from tests.connectors.outbox import emit_n
+from tests.connectors.outbox import emit_n, watching_dispatcher
 from tests.connectors.test_isolation import SlowReceiver
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[2]
 CLUSTER, PORT = "postgres-outage", 55433
 
 
@@ -57,29 +53,21 @@ def test_the_dispatcher_rides_out_a_postgresql_crash(outage_db: str, tmp_path: P
     with session_scope(outage_db) as s:
         add_subscription(s, "rx", rx.url, ["*"])
     first = emit_n(outage_db, 300)
-    env = {**os.environ, "VLWATCH_DATABASE_URL": outage_db, "VLWATCH_OUTBOUND_ALLOW": "127.0.0.0/8",
-           "VLWATCH_DATA_DIR": str(tmp_path), "VLWATCH_DISPATCH_INTERVAL_SECONDS": "0.2",
-           "VLWATCH_RECONCILE_INTERVAL_SECONDS": "1", "VLWATCH_DELIVERY_LEASE_SECONDS": "10"}
-    env.pop("VLWATCH_CONFIG", None)
-    log = tmp_path / "dispatch.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "services", "dispatch", "--watch"], cwd=ROOT, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: len(rx.hits) >= 50 or proc.poll() is not None, 60, "deliveries to begin")
-        stack.restart(CLUSTER, down_for=3.0)  # mid-delivery: claims, records and fan-out all fail for a while
-        assert proc.poll() is None, log.read_text()
-        later = emit_n(outage_db, 20)
+        with watching_dispatcher(outage_db, tmp_path, dispatch_interval_seconds="0.2", reconcile_interval_seconds="1",
+                                 delivery_lease_seconds="10") as (proc, log):
+            wait_for(lambda: len(rx.hits) >= 50 or proc.poll() is not None, 60, "deliveries to begin")
+            stack.restart(CLUSTER, down_for=3.0)  # mid-delivery: claims, records and fan-out all fail a while
+            assert proc.poll() is None, log.read_text()
+            later = emit_n(outage_db, 20)
 
-        def all_delivered() -> bool:
-            with session_scope(outage_db) as s:
-                return pending_deliveries(s) == 0
+            def all_delivered() -> bool:
+                with session_scope(outage_db) as s:
+                    return pending_deliveries(s) == 0
 
-        wait_for(all_delivered, 90, "every delivery after the restart")
-        assert proc.poll() is None, log.read_text()
+            wait_for(all_delivered, 90, "every delivery after the restart")
+            assert proc.poll() is None, log.read_text()
     finally:
-        proc.terminate()
-        proc.wait(30)
         rx.close()
     assert set(rx.hits) == set(first) | set(later)  # nothing lost (a delivery cut by the crash may repeat)
     text = log.read_text()

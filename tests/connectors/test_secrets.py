@@ -29,7 +29,8 @@ def run(env: dict[str, str], *args: str) -> Result:
 def test_mask_secrets_masks_passwords_and_secret_parameters_only():
     assert mask_secrets("postgresql+psycopg://inv:hunter2@db/inventory") == "postgresql+psycopg://inv:***@db/inventory"
     assert mask_secrets("mysql://u:p@ss@h/db") == "mysql://u:***@h/db"  # an unescaped @ in the password
-    assert mask_secrets("https://h.example/in?token=abc&x=1&api_key=z#f") == "https://h.example/in?token=***&x=1&api_key=***#f"
+    assert mask_secrets("https://h.example/in?token=abc&x=1&api_key=z#f") == \
+        "https://h.example/in?token=***&x=1&api_key=***#f"
     assert mask_secrets("see https://u:pw@a.example/x and https://b.example/y") == \
         "see https://u:***@a.example/x and https://b.example/y"
     for plain in ("postgresql://inv@db/inventory", "https://a.example/path@v2", "user@example.com"):
