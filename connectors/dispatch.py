@@ -103,11 +103,14 @@ class Dispatcher:
             self.writer.close()
 
     def once(self, now: Optional[datetime] = None) -> Counts:
-        """One round: fan out, claim one batch per target (due at ``now``), deliver, record; errors raise."""
+        """One round: fan out, claim one batch per target (due at ``now``), deliver, record; errors raise. A
+        round starts no send after twice the attempt timeout: a hung receiver's claimed deliveries that wait past
+        that are given back, due at once, for the next round."""
         with session_scope(self.db_url) as s:
             fanned = fan_out(s)
         self.writer = self._writer(retry=False).start()
-        lanes = [self._lane(kind, target_id, name, once=True, now=now).start()
+        until = time.monotonic() + 2 * self.timeout
+        lanes = [self._lane(kind, target_id, name, once=True, now=now, until=until).start()
                  for kind, target_id, name in self._targets()]
         for lane in lanes:
             lane.join()
@@ -146,14 +149,14 @@ class Dispatcher:
                 lanes[key] = self._lane(kind, key[1], name).start()
 
     def _lane(self, kind: DeliveryKind, target_id: int, name: str, once: bool = False,
-              now: Optional[datetime] = None) -> Lane:
+              now: Optional[datetime] = None, until: Optional[float] = None) -> Lane:
         if kind is CONNECTORS:
             connector = self.connectors[name]
             return Lane(self.writer, kind, target_id, name, lambda items: apply_batch(connector, items), threads=1,
-                        take=CONNECTOR_BATCH, batch=CONNECTOR_BATCH, low=1, once=once, now=now)
+                        take=CONNECTOR_BATCH, batch=CONNECTOR_BATCH, low=1, once=once, now=now, until=until)
         c = self.per_target
         return Lane(self.writer, kind, target_id, name, self._send, threads=c, take=1, batch=WEBHOOK_BATCH,
-                    low=16 * c, once=once, now=now, on_exit=self.sender.close_thread)
+                    low=16 * c, once=once, now=now, until=until, on_exit=self.sender.close_thread)
 
     def _send(self, items: list[Claimed]) -> list[Outcome]:
         return [self.sender.deliver(c, self.timeout) for c in items]

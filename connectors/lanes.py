@@ -196,14 +196,16 @@ class Writer:
 class Lane:
     """One target's deliveries on ``threads`` threads of its own: claim up to ``batch`` due deliveries when fewer
     than ``low`` wait, deliver them ``take`` at a time, hand the outcomes to the writer. With ``once`` the lane
-    claims one batch, delivers it and ends."""
+    claims one batch, delivers it and ends; with ``until`` too (a ``time.monotonic()`` deadline) it starts no
+    send after it, and what it did not send is given back when it is joined."""
 
     def __init__(self, writer: Writer, kind: DeliveryKind, target_id: int, name: str,
                  deliver: Callable[[list[Claimed]], list[Outcome]], *, threads: int, take: int, batch: int,
-                 low: int, once: bool = False, now: Optional[datetime] = None,
+                 low: int, once: bool = False, now: Optional[datetime] = None, until: Optional[float] = None,
                  on_exit: Callable[[], None] = lambda: None) -> None:
         self.writer, self.kind, self.target_id, self.name, self.deliver = writer, kind, target_id, name, deliver
         self.take, self.batch, self.low, self.once, self.now, self.on_exit = take, batch, low, once, now, on_exit
+        self.until = until
         self.backoff = Backoff(f"claiming {kind.name} deliveries for {name!r}", writer.pace.max_backoff_s)
         self.error: Optional[BaseException] = None
         self._queue: deque[Claimed] = deque()
@@ -249,7 +251,7 @@ class Lane:
     def _next(self) -> Optional[list[Claimed]]:
         """Deliveries to send now; [] once this thread has claimed; None when the lane is done."""
         with self._cond:
-            while not self._stopping:
+            while not self._stopping and not (self.until is not None and time.monotonic() > self.until):
                 if (len(self._queue) < self.low and not self._claiming and not (self.once and self._claimed)
                         and time.monotonic() >= self._claim_at and not self.writer.waiting):
                     self._claiming = True

@@ -110,6 +110,26 @@ def test_a_hung_receiver_delays_only_its_own_deliveries(db_url: str, hung: SlowR
         assert not t.is_alive()
 
 
+def test_one_round_beside_a_hung_receiver_ends_after_twice_the_timeout(db_url: str, hung: SlowReceiver):
+    with WebhookReceiver() as fast, loopback_sender() as sender:
+        with session_scope(db_url) as s:
+            add_subscription(s, "hung", hung.url, ["*"])
+            add_subscription(s, "fast", fast.url, ["*"], fast.secret)
+        emit_n(db_url, 20)
+        t = time.monotonic()
+        counts = Dispatcher(db_url, (60.0,), sender, timeout=1.0, per_target=4).once()
+        took = time.monotonic() - t
+    assert took < 3 * 1.0 + 3  # no send starts after 2 s; those running end within their 1 s
+    assert counts.delivered == 20 and delivered(db_url, "fast") == 20
+    with session_scope(db_url) as s:
+        rows = s.execute(select(WebhookDelivery.attempts, WebhookDelivery.next_attempt_at <= utcnow())
+                         .join(WebhookSubscription).where(WebhookSubscription.name == "hung")).all()
+    tried = [due for attempts, due in rows if attempts == 1]
+    given_back = [due for attempts, due in rows if attempts == 0]
+    assert len(tried) == counts.retrying and 4 <= len(tried) < 20 and not any(tried)  # timed out: retry later
+    assert len(given_back) == 20 - len(tried) and all(given_back)  # never sent: due again at once
+
+
 def test_a_live_dispatcher_keeps_the_leases_of_what_it_holds(db_url: str):
     """Each delivery takes 1.5 s and the lease is 2 s: without renewal a second dispatcher would claim what the
     first one still holds and the receiver would see duplicates."""
