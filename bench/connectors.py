@@ -35,14 +35,15 @@ def _event(i: int) -> tuple[str, dict]:
                                           "objects": [{**box, "label": "box"}, {**box, "label": "pallet"}]}}}
 
 
-def _fresh(server: str) -> str:
+def fresh_database(server: str, name: str = "vlwatch_bench") -> str:
+    """The URL of database ``name`` on ``server``, dropped and made anew."""
     url = make_url(server)
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
-        c.execute(text("DROP DATABASE IF EXISTS vlwatch_bench"))
-        c.execute(text("CREATE DATABASE vlwatch_bench"))
+        c.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        c.execute(text(f"CREATE DATABASE {name}"))
     admin.dispose()
-    return url.set(database="vlwatch_bench").render_as_string(hide_password=False)
+    return url.set(database=name).render_as_string(hide_password=False)
 
 
 def run(url: str, events: list, batch: int, batched: bool) -> float:
@@ -71,7 +72,7 @@ def main() -> None:
         env.update(stack.up(["postgres", "mariadb"]))
     events = [_event(i) for i in range(a.events)]
     for name, var in (("PostgreSQL", "VLWATCH_TEST_PG_URL"), ("MariaDB", "VLWATCH_TEST_MARIADB_URL")):
-        url = _fresh(env[var])
+        url = fresh_database(env[var])
         single = run(url, events, a.batch, batched=False)
         multi = run(url, events, a.batch, batched=True)
         print(f"{name:10s} batched {multi:8.0f} events/s   row-per-statement {single:8.0f} events/s   "

@@ -1,11 +1,11 @@
 """Database connectors from the outbox, through the delivery lifecycle (:mod:`connectors.lifecycle`).
 
 The ``connectors`` table follows the YAML file, so fan-out makes a delivery per connector whichever process fans
-out. A round claims the due deliveries of the connectors this process runs, applies each connector's events as
-one batch in one transaction of its target database (:func:`connectors.targets.deliver_batch`), and records every
-outcome: ``delivered``; a target that cannot be reached keeps its events pending along the retry schedule
-(nothing is lost; it catches up when the database is back); a target that rejects an event's rows
-dead-letters that event with the database's message while the rest of the batch is delivered.
+out. The dispatcher claims the due deliveries of each connector this process runs on a lane of its own, applies
+them as one batch in one transaction of its target database (:func:`apply_batch`), and records every outcome:
+``delivered``; a target that cannot be reached keeps its events pending along the retry schedule (nothing is
+lost; it catches up when the database is back); a target that rejects an event's rows dead-letters that event
+with the database's message while the rest of the batch is delivered.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from connectors import lifecycle
-from connectors.lifecycle import Claimed, Counts, DeliveryKind, Outcome, RetrySchedule
+from connectors.lifecycle import Claimed, DeliveryKind, Outcome
 from connectors.targets import Connector, deliver_batch
 from services.events import JOB_SUCCEEDED
 from services.schema import ConnectorDelivery, ConnectorTarget, DeliveryStatus, utcnow
@@ -27,7 +27,6 @@ from services.schema import ConnectorDelivery, ConnectorTarget, DeliveryStatus, 
 CONNECTORS = DeliveryKind("connector", ConnectorDelivery, ConnectorTarget, "connector_id")
 
 CONNECTOR_EVENTS = (JOB_SUCCEEDED,)  # what connectors consume; other events make no deliveries
-CLAIM_SECONDS = 300.0  # longer than a batch can take against a slow target
 
 
 def sync_connectors(session: Session, kinds: Mapping[str, str]) -> None:
@@ -47,33 +46,21 @@ def sync_connectors(session: Session, kinds: Mapping[str, str]) -> None:
     session.flush()
 
 
-def deliver_connectors(db_url: str, connectors: Mapping[str, Connector], schedule: RetrySchedule,
-                       limit: int = 500, now: Optional[datetime] = None) -> Counts:
-    """Apply every due delivery of ``connectors`` (name -> connector) once, one batch per connector, then record
-    each outcome."""
-    if not connectors:
-        return Counts()
-
-    def apply(claimed: list[Claimed]) -> list[Outcome]:
-        batches: dict[str, list[Claimed]] = {}
-        for c in claimed:
-            batches.setdefault(c.target.name, []).append(c)
-        outcomes = []
-        for name, batch in batches.items():
-            # An event id occurs once per connector (unique event_id, connector_id).
-            result = deliver_batch(connectors[name], [(c.event_id, json.loads(c.body)) for c in batch])
-            delivered = set(result.delivered)
-            for c in batch:
-                if c.event_id in delivered:
-                    outcomes.append(Outcome(c))
-                elif c.event_id in result.dead:
-                    outcomes.append(Outcome(c, result.dead[c.event_id], final=True))
-                else:
-                    outcomes.append(Outcome(c, result.retry.get(c.event_id, "not applied")))
-        return outcomes
-
-    return lifecycle.deliver_due(db_url, CONNECTORS, apply, schedule, lease_s=CLAIM_SECONDS, limit=limit, now=now,
-                                 targets=list(connectors))
+def apply_batch(connector: Connector, batch: Sequence[Claimed]) -> list[Outcome]:
+    """Apply one connector's claimed deliveries as one batch (:func:`connectors.targets.deliver_batch`); an
+    outcome for each: delivered, dead with the database's message, or retry."""
+    # An event id occurs once per connector (unique event_id, connector_id).
+    result = deliver_batch(connector, [(c.event_id, json.loads(c.body)) for c in batch])
+    delivered = set(result.delivered)
+    outcomes = []
+    for c in batch:
+        if c.event_id in delivered:
+            outcomes.append(Outcome(c))
+        elif c.event_id in result.dead:
+            outcomes.append(Outcome(c, result.dead[c.event_id], final=True))
+        else:
+            outcomes.append(Outcome(c, result.retry.get(c.event_id, "not applied")))
+    return outcomes
 
 
 def replay(session: Session, *, since: Optional[datetime] = None, connector: Optional[str] = None,

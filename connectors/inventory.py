@@ -1,7 +1,8 @@
 """Inventory connector: ``job.succeeded`` payloads -> observations and current stock in a target database.
 
 Reads only the event payload (``image`` and ``results`` rows). Per image it yields observations:
-barcode values (kind ``barcode``), SKU codes matched in OCR text by configurable regexes (kind ``sku``),
+barcode values (kind ``barcode``), SKU codes matched in OCR text by configurable regexes (kind ``sku``; the text
+is the uploader's, so the patterns run under RE2, in time linear in a line capped at ``MAX_LINE`` characters),
 and counts of grounded objects per label (kind ``count``, code = label). A barcode and an OCR code read from
 overlapping boxes that disagree produce ``needs_review`` on both observations instead of picking one.
 
@@ -12,7 +13,6 @@ events arrive in. Tables (created by ``migrate``): ``inventory_observations``, `
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,6 +25,7 @@ from sqlalchemy import (
 from connectors.geometry import overlaps
 from connectors.targets import TargetDatabase, event_time, upsert
 from services.events import results_of
+from services.safetext import capped, compile_untrusted
 
 metadata = MetaData()
 
@@ -73,7 +74,7 @@ class Observation:
 
 @dataclass
 class InventoryConnector(TargetDatabase):
-    """Maps sources to locations and extracts observations with ``sku_patterns`` (regexes; group 1 if any)."""
+    """Maps sources to locations and extracts observations with ``sku_patterns`` (RE2 regexes; group 1 if any)."""
 
     tables: ClassVar[MetaData] = metadata
     name: str
@@ -82,12 +83,12 @@ class InventoryConnector(TargetDatabase):
     sku_patterns: Sequence[str] = (r"\b[A-Z]{2,4}-\d{3,8}\b",)
 
     def __post_init__(self) -> None:
-        self._patterns = [re.compile(p) for p in self.sku_patterns]
+        self._patterns = [compile_untrusted(p) for p in self.sku_patterns]
 
     def _codes(self, text: str) -> list[str]:
         out: list[str] = []
         for pat in self._patterns:
-            for m in pat.finditer(text or ""):
+            for m in pat.finditer(capped(text or "")):
                 out.append(m.group(1) if m.groups() else m.group(0))
         return out
 

@@ -9,15 +9,15 @@ delivery is ``pending`` until it is ``delivered`` or ``dead``::
     dead (or delivered) --replay--> pending, due now
 
 A :class:`DeliveryKind` says which deliveries: their table, their targets' table and the foreign key between
-them. What delivering means is the function handed to :func:`deliver_due`; it gets a batch of claimed
-deliveries and returns an :class:`Outcome` for each. Claims can be narrowed to named targets, so a target can be
-given a round of its own.
+them. What delivering means is up to the dispatcher (:mod:`connectors.dispatch`): a function that gets a batch of
+claimed deliveries and returns an :class:`Outcome` for each. Claims can be narrowed to named targets, so each
+target is claimed and delivered on its own.
 
 Concurrency: on PostgreSQL the fan-out and the claim lock their rows with ``FOR UPDATE SKIP LOCKED``, and a claim
-moves ``next_attempt_at`` to the end of a lease longer than delivering the batch can take. So two dispatchers
-never deliver the same row at once, and the rows of one that dies mid-batch fall due again when its lease ends
-(at least once: receivers dedupe on the event id, connector writes are idempotent). SQLite has one writer at a
-time and ignores the lock clause.
+moves ``next_attempt_at`` to the end of a lease that the claiming dispatcher renews (:func:`renew`) for as long as
+it holds the delivery. So two dispatchers never deliver the same row at once, and the rows of one that dies
+mid-batch fall due again when its last lease ends (at least once: receivers dedupe on the event id, connector
+writes are idempotent). SQLite has one writer at a time and ignores the lock clause.
 """
 
 from __future__ import annotations
@@ -28,15 +28,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Callable, Collection, Optional, Sequence
 
-from sqlalchemy import Select, Text, cast, func, select, update
+from sqlalchemy import Select, Text, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from services.db import insert_ignore, session_scope
-from services.schema import DeliveryStatus, OutboxEvent, utcnow
+from services.db import insert_ignore
+from services.safetext import mask_secrets
+from services.schema import DeliveryStatus, OutboxEvent, UTCDateTime, utcnow
 
 log = logging.getLogger(__name__)
 
 PENDING, DELIVERED, DEAD = DeliveryStatus.pending.value, DeliveryStatus.delivered.value, DeliveryStatus.dead.value
+
+MAX_ERROR = 1000  # characters of a failed attempt's error kept in ``last_error`` (already masked)
 
 DEFAULT_DELAYS: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
 """Svix-like: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h; then dead-letter (7 attempts in all)."""
@@ -114,6 +117,13 @@ class Counts:
         return self
 
 
+def among(column: Any, ids: Collection[int]) -> Any:
+    """``column IN ids`` (ids distinct); a contiguous run is one range: a list of thousands of parameters costs
+    far more to render, send and plan, and batches of fresh deliveries usually are such runs."""
+    lo, hi = min(ids), max(ids)
+    return column.between(lo, hi) if hi - lo + 1 == len(ids) else column.in_(sorted(ids))
+
+
 def matches(event_types: Sequence[str], event_type: str) -> bool:
     return "*" in event_types or event_type in event_types
 
@@ -125,91 +135,112 @@ def _new_delivery(kind: DeliveryKind, event_id: int, target_id: int, now: dateti
 
 def fan_out(session: Session, kinds: Sequence[DeliveryKind], limit: int = 500) -> int:
     """One pending delivery per active matching target of every kind, for up to ``limit`` undispatched events,
-    which are then marked dispatched. Returns deliveries made (an existing one is left as it is)."""
-    events = session.execute(select(OutboxEvent.id, OutboxEvent.type).where(OutboxEvent.dispatched_at.is_(None))
-                             .order_by(OutboxEvent.id).limit(limit).with_for_update(skip_locked=True)).all()
+    which are marked dispatched in the same transaction. Returns deliveries made (an existing one is left as it
+    is). The rows are made by the database, one ``INSERT ... SELECT`` per target."""
+    now = utcnow()
+    batch = (select(OutboxEvent.id).where(OutboxEvent.dispatched_at.is_(None)).order_by(OutboxEvent.id)
+             .limit(limit).with_for_update(skip_locked=True))
+    events = session.execute(update(OutboxEvent).where(OutboxEvent.id.in_(batch.scalar_subquery()))
+                             .values(dispatched_at=now).returning(OutboxEvent.id, OutboxEvent.type)
+                             .execution_options(synchronize_session=False)).all()
     if not events:
         return 0
-    now = utcnow()
+    ids = [ev.id for ev in events]
+    types = {ev.type for ev in events}
     made = 0
     for kind in kinds:
-        targets = session.execute(select(kind.targets.id, kind.targets.event_types)
-                                  .where(kind.targets.active.is_(True))).all()
-        rows = [_new_delivery(kind, ev.id, t.id, now) for ev in events for t in targets
-                if matches(t.event_types, ev.type)]
-        if rows:
-            insert_ignore(session, kind.table, rows, keys=("event_id", kind.target_key))
-        made += len(rows)
-    session.execute(update(OutboxEvent).where(OutboxEvent.id.in_([ev.id for ev in events]))
-                    .values(dispatched_at=now))
+        columns = ("event_id", kind.target_key, "status", "attempts", "next_attempt_at", "created_at")
+        for target_id, event_types in session.execute(select(kind.targets.id, kind.targets.event_types)
+                                                      .where(kind.targets.active.is_(True))).all():
+            wanted = [t for t in types if matches(event_types, t)]
+            if not wanted:
+                continue
+            rows = select(OutboxEvent.id, literal(target_id), literal(PENDING), literal(0),
+                          literal(now, UTCDateTime), literal(now, UTCDateTime)).where(among(OutboxEvent.id, ids))
+            if len(wanted) < len(types):
+                rows = rows.where(OutboxEvent.type.in_(wanted))
+            made += insert_ignore(session, kind.table, (), keys=("event_id", kind.target_key),
+                                  from_select=(columns, rows)).rowcount
     return made
 
 
 def claim_due(session: Session, kind: DeliveryKind, *, now: datetime, lease_s: float, limit: int,
-              targets: Optional[Collection[str]] = None) -> list[Claimed]:
-    """Lease up to ``limit`` due deliveries of active targets (of those ``targets`` when given; a paused target's
-    wait), oldest due first: their ``next_attempt_at`` moves to ``now + lease_s``."""
+              targets: Optional[Collection[str]] = None, target_ids: Optional[Collection[int]] = None
+              ) -> list[Claimed]:
+    """Lease up to ``limit`` due deliveries of active targets (of those ``targets`` by name, or ``target_ids``,
+    when given; a paused target's wait), oldest due first: their ``next_attempt_at`` moves to ``now + lease_s``."""
     d = kind.table
-    due = (select(d.id).where(d.status == PENDING, d.next_attempt_at <= now,
-                              kind.target_id.in_(kind.active_targets(targets)))
-           .order_by(d.next_attempt_at, d.id).limit(limit).with_for_update(skip_locked=True))
-    ids = session.scalars(update(d).where(d.id.in_(due.scalar_subquery()))
-                          .values(next_attempt_at=now + timedelta(seconds=lease_s)).returning(d.id)
-                          .execution_options(synchronize_session=False)).all()
-    if not ids:
+    due = select(d.id).where(d.status == PENDING, d.next_attempt_at <= now,
+                             kind.target_id.in_(kind.active_targets(targets)))
+    if target_ids is not None:  # each target's due deliveries are an index range of their own
+        due = due.where(kind.target_id.in_(list(target_ids)))
+    due = due.order_by(d.next_attempt_at, d.id).limit(limit).with_for_update(skip_locked=True)
+    leased = session.execute(update(d).where(d.id.in_(due.scalar_subquery()))
+                             .values(next_attempt_at=now + timedelta(seconds=lease_s))
+                             .returning(d.id, d.attempts, d.event_id, kind.target_id)
+                             .execution_options(synchronize_session=False)).all()
+    if not leased:
         return []
-    rows = session.execute(select(d.id, d.attempts, OutboxEvent.event_id, cast(OutboxEvent.payload, Text),
-                                  kind.targets)
-                           .join(OutboxEvent, OutboxEvent.id == d.event_id)
-                           .join(kind.targets, kind.targets.id == kind.target_id)
-                           .where(d.id.in_(ids)).order_by(d.id)).all()
-    return [Claimed(*row) for row in rows]
+    events = {i: (event_id, body) for i, event_id, body in session.execute(
+        select(OutboxEvent.id, OutboxEvent.event_id, cast(OutboxEvent.payload, Text))
+        .where(among(OutboxEvent.id, {r[2] for r in leased})))}
+    found = session.scalars(select(kind.targets).where(kind.targets.id.in_({r[3] for r in leased})))
+    by_id = {t.id: t for t in found}
+    return [Claimed(i, attempts, *events[event], by_id[t])
+            for i, attempts, event, t in sorted(leased, key=lambda r: r[0])]
+
+
+def renew(session: Session, kind: DeliveryKind, ids: Collection[int], until: datetime) -> None:
+    """Extend the lease of claimed deliveries not yet recorded: a live dispatcher keeps what it holds, however
+    slow their target; a dead one's fall due when the last lease it took ends."""
+    d = kind.table
+    for chunk in _chunks(sorted(ids), 5000):
+        session.execute(update(d).where(among(d.id, chunk), d.status == PENDING).values(next_attempt_at=until)
+                        .execution_options(synchronize_session=False))
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
 
 def record(session: Session, kind: DeliveryKind, outcomes: Sequence[Outcome], schedule: RetrySchedule) -> Counts:
-    """Write each outcome: delivered; pending again after the schedule's next delay; or dead."""
+    """Write each outcome: delivered; pending again after the schedule's next delay; or dead. Deliveries that
+    succeeded with the same answer are written by one statement; errors are stored masked and truncated."""
+    d = kind.table
     done = utcnow()
     counts = Counts(sent=len(outcomes))
-    delivered: list[dict[str, Any]] = []
+    delivered: dict[Optional[int], list[int]] = {}  # status code -> ids
     failed: list[dict[str, Any]] = []
     for o in outcomes:
         c = o.claimed
-        values: dict[str, Any] = {"id": c.id, "attempts": c.attempts + 1, "last_attempt_at": done}
+        if o.error is None:
+            delivered.setdefault(o.status_code, []).append(c.id)
+            continue
+        values: dict[str, Any] = {"id": c.id, "attempts": c.attempts + 1, "last_attempt_at": done,
+                                  "last_error": mask_secrets(o.error)[:MAX_ERROR]}
         if kind.keeps_status_code:
             values["last_status_code"] = o.status_code
-        if o.error is None:
-            delivered.append(values | {"status": DELIVERED, "delivered_at": done, "next_attempt_at": None,
-                                       "last_error": None})
-            counts.delivered += 1
-            continue
         delay = None if o.final else schedule.next_delay(c.attempts + 1)
-        values["last_error"] = o.error[:4000]
         if delay is None:
             failed.append(values | {"status": DEAD, "next_attempt_at": None})
             counts.dead += 1
             log.warning("%s delivery %d (event %s) dead after %d attempt(s): %s", kind.name, c.id, c.event_id,
-                        c.attempts + 1, o.error)
+                        c.attempts + 1, values["last_error"])
         else:
             failed.append(values | {"status": PENDING, "next_attempt_at": done + timedelta(seconds=delay)})
             counts.retrying += 1
-    for rows in (delivered, failed):
-        if rows:
-            session.execute(update(kind.table), rows)  # one executemany by primary key
+    for code, ids in delivered.items():
+        values = {"status": DELIVERED, "attempts": d.attempts + 1, "last_attempt_at": done, "delivered_at": done,
+                  "next_attempt_at": None, "last_error": None}
+        if kind.keeps_status_code:
+            values["last_status_code"] = code
+        for chunk in _chunks(sorted(ids), 5000):
+            session.execute(update(d).where(among(d.id, chunk)).values(values)
+                            .execution_options(synchronize_session=False))
+        counts.delivered += len(ids)
+    if failed:
+        session.execute(update(d), failed)  # one executemany by primary key
     return counts
-
-
-def deliver_due(db_url: str, kind: DeliveryKind, deliver: Callable[[list[Claimed]], list[Outcome]],
-                schedule: RetrySchedule, *, lease_s: float, limit: int, now: Optional[datetime] = None,
-                targets: Optional[Collection[str]] = None) -> Counts:
-    """One round: claim the due deliveries, ``deliver`` them outside any transaction of vlwatch's database (a
-    slow target holds no lock), record the outcomes."""
-    with session_scope(db_url) as s:
-        claimed = claim_due(s, kind, now=now or utcnow(), lease_s=lease_s, limit=limit, targets=targets)
-    if not claimed:
-        return Counts()
-    outcomes = deliver(claimed)
-    with session_scope(db_url) as s:
-        return record(s, kind, outcomes, schedule)
 
 
 def replay(session: Session, kind: DeliveryKind, *, status: Sequence[str],

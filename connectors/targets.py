@@ -19,6 +19,8 @@ from sqlalchemy import MetaData, Table, case, create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from connectors.outbound import OutboundGuard
+
 
 class Connector(Protocol):
     name: str
@@ -31,6 +33,21 @@ class Connector(Protocol):
 def connect_args(timeout: float = 10.0) -> dict[str, object]:
     """Driver options that bound the time to connect (psycopg and PyMySQL both take ``connect_timeout``)."""
     return {"connect_timeout": max(1, int(round(timeout)))}
+
+
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
+
+
+def target_refusal(url: str, guard: OutboundGuard) -> Optional[str]:
+    """Why the outbound guard refuses a target database's host (None: it does not, or the name does not resolve
+    now). Drivers connect by themselves, so targets are judged when configured and checked, not per connection."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if not u.host:
+        return None
+    host = f"[{u.host}]" if ":" in u.host else u.host
+    return guard.check_url(f"tcp://{host}", u.port or DEFAULT_PORTS.get(u.get_backend_name(), 5432))
 
 
 def target_engine(url: str) -> Engine:

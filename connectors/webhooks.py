@@ -1,39 +1,43 @@
-"""Webhook subscribers: subscriptions, Standard Webhooks signing, and sending through the delivery lifecycle.
+"""Webhook subscribers: subscriptions, Standard Webhooks signing, and the signed POST of one delivery.
 
 Every delivery carries ``webhook-id`` (the event's id: the same on every retry and replay, so receivers
 dedupe), ``webhook-timestamp`` (seconds) and ``webhook-signature`` (``v1,<base64 HMAC-SHA256 of
 "{id}.{timestamp}.{body}">`` keyed by the base64 part of the ``whsec_`` secret), signed by the
-``standardwebhooks`` library.
+``standardwebhooks`` library with one signer per subscription.
 
-Sending is an ``httpx`` POST: redirects are not followed (a 3xx is a failed attempt), the timeout applies to each
-phase (connect, write, each read, the wait for a pooled connection), proxies come from the environment
-(``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) and credentials in the URL become basic auth. A 2xx
-delivers; any other answer, a timeout or a connection error is retried along the schedule, with the start of a
-failed answer's body kept in ``last_error``.
+A POST goes through the outbound guard (:mod:`connectors.outbound`: no loopback, private, link-local or metadata
+address unless allowlisted, judged on the address actually connected) over kept-alive connections
+(:mod:`connectors.post`): redirects are not followed (a 3xx is a failed attempt), an attempt ends after
+``timeout`` seconds in all, proxies come from the environment, credentials in the URL become basic auth. A 2xx
+delivers; any other answer, a timeout, a refused or failed connection is retried along the schedule, with the start
+of a failed answer's body (printable, masked, at most ``ERROR_BODY`` characters) kept in ``last_error``; a refused
+connection never sent anything, so there is no body to keep.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
-import httpx
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 from standardwebhooks import Webhook
 
 from connectors import lifecycle
-from connectors.lifecycle import Claimed, Counts, DeliveryKind, Outcome, RetrySchedule
+from connectors.lifecycle import Claimed, DeliveryKind, Outcome
+from connectors.outbound import OutboundGuard, OutboundRefused
+from connectors.post import HttpPoster
+from services.safetext import mask_secrets
 from services.schema import DeliveryStatus, WebhookDelivery, WebhookSubscription, utcnow
 
 WEBHOOKS = DeliveryKind("webhook", WebhookDelivery, WebhookSubscription, "subscription_id", keeps_status_code=True)
 
-CLAIM_SECONDS = 120.0  # the shortest lease of a claimed batch (see deliver_webhooks)
+ERROR_BODY = 300  # characters of a failed answer's body kept in last_error
 
 
 # ---- signing -----------------------------------------------------------------------------------------------
@@ -41,12 +45,16 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
 
 
-def signed_headers(secret: str, msg_id: str, body: bytes, now: Optional[datetime] = None) -> dict[str, str]:
+def signed_headers(signer: Webhook | str, msg_id: str, body: bytes, now: Optional[datetime] = None
+                   ) -> dict[str, str]:
+    """The headers of one delivery; ``signer`` is a subscription's ``Webhook`` (or its secret)."""
+    if isinstance(signer, str):
+        signer = Webhook(signer)
     ts = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(ts.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, ts, body.decode()),
+        "webhook-signature": signer.sign(msg_id, ts, body.decode()),
         "content-type": "application/json",
         "user-agent": "vlwatch-webhooks/1",
     }
@@ -59,75 +67,59 @@ class Attempt:
     error: Optional[str]  # None iff 2xx
 
 
+def _printable(head: bytes) -> str:
+    text = head.decode("utf-8", "replace")
+    return "".join(ch if ch.isprintable() else " " for ch in text)[:ERROR_BODY]
+
+
 class WebhookSender:
-    """Signed POSTs, ``concurrency`` at a time, over one ``httpx.Client`` whose keep-alive connections are reused.
+    """Signed POSTs through ``guard``; any thread may send (each keeps its own connections). Whoever sends
+    deliveries in a loop keeps one sender for all of them and closes it at the end."""
 
-    Whoever runs dispatch rounds in a loop keeps one sender for all of them and closes it at the end: making the
-    client costs ~40 ms of CPU (it loads the CA bundle), and a kept client keeps its connections to receivers.
-    The client is made on the first send, so a sender that never sends costs nothing."""
+    def __init__(self, guard: Optional[OutboundGuard] = None) -> None:
+        self.guard = guard or OutboundGuard()
+        self._poster = HttpPoster(self.guard)
+        self._signers: dict[tuple[int, str], Webhook] = {}  # (subscription id, secret) -> its signer
+        self._lock = threading.Lock()
 
-    READ_AT_MOST = 64 * 1024  # of a response body; a longer one closes its connection instead of draining it
-
-    def __init__(self, concurrency: int = 8) -> None:
-        self.concurrency = max(1, concurrency)
-        self._client: Optional[httpx.Client] = None
-        self._making = threading.Lock()  # the sending threads share one client
-        self._threads = ThreadPoolExecutor(self.concurrency, thread_name_prefix="vlwatch-webhooks")
-
-    @property
-    def client(self) -> httpx.Client:
-        with self._making:
-            if self._client is None:
-                self._client = httpx.Client(
-                    follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=max(20, self.concurrency)))
-            return self._client
-
-    def send(self, url: str, msg_id: str, body: bytes, secret: str, timeout: float) -> Attempt:
-        """One signed POST."""
+    def send(self, url: str, msg_id: str, body: bytes, secret: Webhook | str, timeout: float) -> Attempt:
+        """One signed POST; the attempt ends after ``timeout`` seconds in all."""
         try:
-            with self.client.stream("POST", url, content=body, headers=signed_headers(secret, msg_id, body),
-                                    timeout=timeout) as r:
-                head = b""
-                for chunk in r.iter_bytes():
-                    head += chunk
-                    if len(head) >= self.READ_AT_MOST:
-                        break
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            return Attempt(None, f"{type(exc).__name__}: {exc}"[:1000])
-        if r.is_success:
-            return Attempt(r.status_code, None)
-        return Attempt(r.status_code, f"HTTP {r.status_code}: {head[:2000].decode('utf-8', 'replace')[:500]}")
+            answer = self._poster.post(url, body, signed_headers(secret, msg_id, body), timeout)
+        except OutboundRefused as exc:
+            return Attempt(None, str(exc))
+        except (OSError, http.client.HTTPException) as exc:
+            return Attempt(None, f"{type(exc).__name__}: {exc}"[:ERROR_BODY])
+        if 200 <= answer.status < 300:
+            return Attempt(answer.status, None)
+        return Attempt(answer.status, mask_secrets(f"HTTP {answer.status}: {_printable(answer.head)}").rstrip())
 
-    def send_each(self, claimed: Sequence[Claimed], timeout: float) -> list[Outcome]:
-        """Send every claimed delivery once, ``concurrency`` at a time."""
-        def attempt(c: Claimed) -> Outcome:
-            a = self.send(c.target.url, c.event_id, c.body.encode(), c.target.secret, timeout)
-            return Outcome(c, a.error, a.status_code)
+    def deliver(self, claimed: Claimed, timeout: float) -> Outcome:
+        """Send one claimed delivery with its subscription's signer."""
+        a = self.send(claimed.target.url, claimed.event_id, claimed.body.encode(), self._signer(claimed.target),
+                      timeout)
+        return Outcome(claimed, a.error, a.status_code)
 
-        return [attempt(claimed[0])] if len(claimed) == 1 else list(self._threads.map(attempt, claimed))
+    def _signer(self, sub: WebhookSubscription) -> Webhook:
+        key = (sub.id, sub.secret)
+        signer = self._signers.get(key)
+        if signer is None:
+            with self._lock:
+                signer = self._signers[key] = Webhook(sub.secret)
+        return signer
+
+    def close_thread(self) -> None:
+        """Close the calling thread's connections."""
+        self._poster.close_thread()
 
     def close(self) -> None:
-        self._threads.shutdown()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._poster.close()
 
     def __enter__(self) -> "WebhookSender":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def deliver_webhooks(db_url: str, sender: WebhookSender, schedule: RetrySchedule, timeout: float,
-                     limit: int = 200, now: Optional[datetime] = None) -> Counts:
-    """Send every due webhook delivery once, then record each outcome."""
-    # The lease covers the whole batch even if every send runs into its timeout (the timeout applies per phase,
-    # hence the factor 2), so no other dispatcher claims a delivery that is still being sent.
-    rounds = -(-limit // sender.concurrency)
-    lease = max(CLAIM_SECONDS, 2 * rounds * timeout + 30.0)
-    return lifecycle.deliver_due(db_url, WEBHOOKS, lambda claimed: sender.send_each(claimed, timeout), schedule,
-                                 lease_s=lease, limit=limit, now=now)
 
 
 # ---- subscriptions -----------------------------------------------------------------------------------------

@@ -46,10 +46,11 @@ from services.config_checks import SEVERITIES, CheckConfig, VL2Settings, check_s
 ANALYZERS = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")
 GPU_ANALYZERS = ("vl2-ground", "vl2-ocr", "vl2-ask")
 EVENT_TYPES = ("job.succeeded", "job.failed", "check.failed")  # services.events.EVENT_TYPES
+from services.safetext import compile_untrusted, mask_secrets
 
 
 class ConfigError(ValueError):
-    """The YAML file is invalid; the message names the file and the field."""
+    """The YAML file is invalid; the message names the file and the field (secrets masked)."""
 
 
 class _Strict(BaseModel):
@@ -273,8 +274,8 @@ class ConnectorConfig(_Strict):
 
         try:
             u = make_url(v)
-        except ArgumentError:
-            raise ValueError(f"not a database URL: {v!r} (e.g. postgresql+psycopg://user@host/db)") from None
+        except (ArgumentError, ValueError):  # the URL itself is not repeated: it may hold a password
+            raise ValueError("not a database URL (e.g. postgresql+psycopg://user@host/db)") from None
         if u.get_backend_name() not in ("postgresql", "mysql", "mariadb"):
             raise ValueError(f"unsupported target database {u.get_backend_name()!r} (postgresql, mysql, mariadb)")
         return v
@@ -284,9 +285,9 @@ class ConnectorConfig(_Strict):
     def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for i, p in enumerate(v):
             try:
-                re.compile(p)
-            except re.error as exc:
-                raise ValueError(f"[{i}] {p!r} is not a regular expression: {exc}") from None
+                compile_untrusted(p)
+            except ValueError as exc:
+                raise ValueError(f"[{i}] {p!r}: {exc}") from None
         return v
 
     @field_validator("timezone")
@@ -390,7 +391,7 @@ def parse_config(text: str, origin: str = "<config>") -> AppConfig:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+        raise ConfigError(mask_secrets(f"{origin}: not valid YAML: {exc}")) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping with profiles, sources, webhooks")
     try:
@@ -400,7 +401,7 @@ def parse_config(text: str, origin: str = "<config>") -> AppConfig:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{_loc(err['loc'])}: {msg}" if err["loc"] else msg)
-        raise ConfigError(f"{origin}: " + "; ".join(lines)) from None
+        raise ConfigError(mask_secrets(f"{origin}: " + "; ".join(lines))) from None
 
 
 def load_config(path: Optional[Path]) -> AppConfig:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Select, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -58,9 +58,11 @@ def session_scope(url: str) -> Iterator[Session]:
 
 
 def insert_ignore(bind: Connection | Session, table: Table | type, rows: Sequence[dict[str, Any]],
-                  keys: Sequence[str], returning: Sequence[Any] = ()) -> Any:
-    """Insert ``rows`` into ``table``, skipping those whose ``keys`` (a unique constraint) already exist: the
-    idempotent write of registration and fan-out, in the dialect's own words (PostgreSQL and SQLite both say
+                  keys: Sequence[str], returning: Sequence[Any] = (),
+                  from_select: Optional[tuple[Sequence[str], Select]] = None) -> Any:
+    """Insert ``rows`` into ``table`` (or, with ``from_select = (columns, select)``, the rows that select makes
+    in the database itself), skipping those whose ``keys`` (a unique constraint) already exist: the idempotent
+    write of registration and fan-out, in the dialect's own words (PostgreSQL and SQLite both say
     ``ON CONFLICT DO NOTHING``). With ``returning`` columns, the result holds them for the rows inserted."""
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -68,10 +70,13 @@ def insert_ignore(bind: Connection | Session, table: Table | type, rows: Sequenc
     insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
     if insert is None:
         raise ValueError(f"vlwatch's own database must be PostgreSQL or SQLite, not {dialect}")
-    stmt = insert(table).on_conflict_do_nothing(index_elements=list(keys))
+    stmt = insert(table)
+    if from_select is not None:  # its rowcount is the rows inserted
+        stmt = stmt.from_select(list(from_select[0]), from_select[1]).execution_options(preserve_rowcount=True)
+    stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
     if returning:
         stmt = stmt.returning(*returning)
-    return bind.execute(stmt, list(rows))
+    return bind.execute(stmt) if from_select is not None else bind.execute(stmt, list(rows))
 
 
 def write_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> None:

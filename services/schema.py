@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text,
-    TypeDecorator, UniqueConstraint,
+    TypeDecorator, UniqueConstraint, text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -212,7 +212,10 @@ class OutboxEvent(Base):
     """Events committed with the results that cause them; the dispatcher fans them out to deliveries."""
 
     __tablename__ = "outbox_events"
-    __table_args__ = (Index(None, "dispatched_at"),)
+    # fan-out's next events, whatever the backlog of dispatched ones before them; only these are indexed, so
+    # marking an event dispatched takes it out of the index instead of adding to it
+    __table_args__ = (Index("ix_outbox_events_undispatched", "id", postgresql_where=text("dispatched_at IS NULL"),
+                            sqlite_where=text("dispatched_at IS NULL")),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), unique=True)  # the webhook-id: msg_<uuid hex>
     type: Mapped[str] = mapped_column(String(64))  # job.succeeded, job.failed
@@ -235,7 +238,11 @@ class WebhookSubscription(Base):
 
 class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (UniqueConstraint("event_id", "subscription_id"), Index(None, "status", "next_attempt_at"))
+    # one subscription's due deliveries are an index range of their own, whatever other subscriptions have
+    # waiting; delivered and dead ones leave the index
+    __table_args__ = (UniqueConstraint("event_id", "subscription_id"),
+                      Index("ix_webhook_deliveries_due", "subscription_id", "next_attempt_at", "id",
+                            postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")))
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
     subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
@@ -269,7 +276,9 @@ class ConnectorDelivery(Base):
     """One outbox event for one connector: the same pending -> delivered | dead life as a webhook delivery."""
 
     __tablename__ = "connector_deliveries"
-    __table_args__ = (UniqueConstraint("event_id", "connector_id"), Index(None, "status", "next_attempt_at"))
+    __table_args__ = (UniqueConstraint("event_id", "connector_id"),
+                      Index("ix_connector_deliveries_due", "connector_id", "next_attempt_at", "id",
+                            postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")))
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
     connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id"))

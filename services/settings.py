@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     dispatch_interval_seconds: float = Field(1.0, gt=0)  # idle poll of `vlwatch dispatch --watch`
+    webhook_concurrency: int = Field(4, ge=1)  # POSTs at once per subscription
+    delivery_lease_seconds: float = Field(60.0, gt=0)  # deliveries claimed by a dispatcher that died are due again
+    # Outbound connections (webhooks, connector targets) reach public addresses only; these networks too
+    # (comma-separated, e.g. "127.0.0.1/32,10.0.0.0/8"). See connectors/outbound.py.
+    outbound_allow: Annotated[tuple[str, ...], NoDecode] = ()
     reconcile_interval_seconds: float = Field(15.0, gt=0)
     vl2_checkpoint: Optional[Path] = None  # a DeepSeek-VL2 checkpoint directory in the official layout
     vl2_device: str = "cuda"
@@ -78,6 +83,20 @@ class Settings(BaseSettings):
 
             parse_size(v)  # ValueError: "not a memory size: '10 gigs' (examples: 10GiB, ...)"
         return v
+
+    @field_validator("outbound_allow", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        import ipaddress
+
+        items = [x.strip() for x in v.split(",")] if isinstance(v, str) else list(v)  # type: ignore[call-overload]
+        for x in items:
+            if x:
+                try:
+                    ipaddress.ip_network(x, strict=False)
+                except ValueError:
+                    raise ValueError(f"{x!r} is not a network (e.g. 127.0.0.1/32, 10.0.0.0/8, ::1/128)") from None
+        return tuple(x for x in items if x)
 
     @property
     def db_url(self) -> str:

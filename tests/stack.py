@@ -116,27 +116,31 @@ class Service:
         return bool(os.environ.get(self.env_var))
 
 
-def _pg_ready() -> bool:
-    if not _port_open(PORTS["postgres"]):
+def _pg_ready(port: int = PORTS["postgres"]) -> bool:
+    if not _port_open(port):
         return False
     import psycopg
 
     try:
-        psycopg.connect(host=HOST, port=PORTS["postgres"], user="postgres", dbname="postgres", connect_timeout=2).close()
+        psycopg.connect(host=HOST, port=port, user="postgres", dbname="postgres", connect_timeout=2).close()
         return True
     except psycopg.OperationalError:
         return False
 
 
-def start_postgres() -> None:
-    if _pg_ready():
+def start_postgres(name: str = "postgres", port: int = PORTS["postgres"], durable: bool = False) -> None:
+    """The stack's PostgreSQL, or with ``name`` and ``port`` a cluster of its own (for tests that restart one
+    without disturbing the suites that share the stack's). The stack's trades durability for speed (no fsync,
+    asynchronous commit); ``durable`` keeps every acknowledged commit through a crash, as production does."""
+    _pg_ports[name] = (port, durable)
+    if _pg_ready(port):
         return
     pg_glob = ("/usr/lib/postgresql/*/bin/initdb",)
     initdb = _ensure_binary("postgres", "initdb", pg_glob)
     bindir = Path(initdb).parent
     pg_ctl = str(bindir / "pg_ctl") if (bindir / "pg_ctl").exists() else _ensure_binary("postgres", "pg_ctl")
-    data = STACK / "postgres"
-    log = STACK / "postgres.log"
+    data = STACK / name
+    log = STACK / f"{name}.log"
     as_user: list[str] = []
     if _is_root():  # initdb refuses root: run the cluster as the postgres user
         as_user = ["runuser", "-u", "postgres", "--"]
@@ -148,11 +152,29 @@ def start_postgres() -> None:
             shutil.chown(log, "postgres", "postgres")
         subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                         "--locale=C.UTF-8"], check=True, stdout=subprocess.DEVNULL)
-    opts = f"-p {PORTS['postgres']} -k {data} -c listen_addresses={HOST} -c fsync=off -c synchronous_commit=off " \
-           f"-c full_page_writes=off -c max_connections=200"
+    fast = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+    opts = f"-p {port} -k {data} -c listen_addresses={HOST} {fast}-c max_connections=200"
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-o", opts, "start"], check=True,
                    stdout=subprocess.DEVNULL)
-    _wait(_pg_ready, "PostgreSQL", log)
+    _wait(lambda: _pg_ready(port), "PostgreSQL", log)
+
+
+_pg_ports: dict[str, tuple[int, bool]] = {}  # cluster name (its directory under .stack/) -> port, durable
+
+
+def restart(service: str, down_for: float = 0.0) -> None:
+    """An outage: stop a PostgreSQL cluster of this checkout (``"postgres"``, or a ``start_postgres(name, port)``
+    one) in immediate mode, as a crash would (open connections are cut, no clean shutdown), keep it down for
+    ``down_for`` seconds, start it again and wait until it answers."""
+    data = STACK / service
+    if service not in _pg_ports or not (data / "postmaster.pid").exists():
+        raise StackError(f"restart({service!r}): no PostgreSQL cluster of this checkout runs under {data}")
+    pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
+    as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], check=True,
+                   stdout=subprocess.DEVNULL)
+    time.sleep(down_for)  # the outage itself, not a wait for something to happen
+    start_postgres(service, *_pg_ports[service])
 
 
 def _redis_ready() -> bool:
@@ -280,11 +302,10 @@ def env() -> dict[str, str]:
 
 def down() -> None:
     """Stop the servers this checkout started (those with a pid file under .stack/)."""
-    pg = STACK / "postgres"
-    if (pg / "postmaster.pid").exists():
+    for pg in sorted(STACK.glob("postgres*/postmaster.pid")):
         pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
         as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
-        subprocess.run([*as_user, pg_ctl, "-D", str(pg), "-m", "fast", "-w", "stop"], check=False)
+        subprocess.run([*as_user, pg_ctl, "-D", str(pg.parent), "-m", "fast", "-w", "stop"], check=False)
     for name in ("redis", "seaweedfs", "mariadb"):
         pidfile = STACK / f"{name}.pid"
         if pidfile.exists():
@@ -296,7 +317,7 @@ def down() -> None:
 
 
 def status() -> dict[str, bool]:
-    checks = {"postgres": _pg_ready, "redis": _redis_ready, "s3": _s3_ready, "mariadb": _mariadb_ready}
+    checks = {"postgres": lambda: _pg_ready(), "redis": _redis_ready, "s3": _s3_ready, "mariadb": _mariadb_ready}
     return {name: (SERVICES[name][0].external or check()) for name, check in checks.items()}
 
 

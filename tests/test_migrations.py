@@ -32,7 +32,12 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:  # noqa: ANN001
 
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade(url)
-    assert _diff(url) == [] and head() == "0006"
+    assert _diff(url) == [] and head() == "0007"
+    command.downgrade(alembic_config(url), "0006")
+    engine = create_engine(url)
+    indexes = {i["name"] for i in inspect(engine).get_indexes("webhook_deliveries")}
+    engine.dispose()
+    assert indexes == {"ix_webhook_deliveries_status_next_attempt_at"}
     engine = create_engine(url)
     assert "current_barcodes" in inspect(engine).get_view_names()
     engine.dispose()

@@ -26,12 +26,13 @@ def connectors_status(ctx: Ctx, as_json: bool) -> None:
     """Per connector: deliveries pending (due now), delivered, dead-lettered, lag, last error."""
     from connectors.databases import status
     from services.db import session_scope
+    from services.safetext import mask_secrets
 
     sync_connectors(ctx)
     with session_scope(ctx.db_url) as s:
         rows = status(s)
     if as_json:
-        click.echo(json.dumps([jsonable(r) for r in rows], default=str))
+        click.echo(mask_secrets(json.dumps([jsonable(r) for r in rows], default=str)))
         return
     if not rows:
         click.echo("no connectors configured (add them under `connectors:` in the YAML file)")
@@ -41,7 +42,7 @@ def connectors_status(ctx: Ctx, as_json: bool) -> None:
         state = "active" if r.active else "removed"
         click.echo(f"{r.name:<16} {r.kind:<10} {state:<8} pending={r.pending} (due {r.due}) "
                    f"delivered={r.delivered} dead={r.dead} lag={lag}"
-                   + (f"\n  last error: {r.last_error}" if r.last_error else ""))
+                   + (f"\n  last error: {mask_secrets(r.last_error)}" if r.last_error else ""))
 
 
 @connectors_group.command("replay")
@@ -73,11 +74,13 @@ def connectors_migrate(ctx: Ctx, names: tuple[str, ...]) -> None:
     """Create or update the target tables of the named connectors (default: all)."""
     from sqlalchemy.exc import DBAPIError
 
+    from services.safetext import mask_secrets
+
     for n, c in build_connectors(ctx, names).items():
         try:
             c.migrate()
         except DBAPIError as exc:
-            raise click.ClickException(f"connectors.{n}.url: {exc.orig}") from None
+            raise click.ClickException(mask_secrets(f"connectors.{n}.url: {exc.orig}")) from None
         click.echo(f"{n}: target schema ready")
 
 
@@ -87,16 +90,19 @@ def connectors_migrate(ctx: Ctx, names: tuple[str, ...]) -> None:
 def connectors_check(ctx: Ctx, timeout: float) -> None:
     """Connect to every target database and check its tables; exit 1 naming the field of each failure."""
     from connectors.health import check_target
+    from connectors.targets import target_refusal
+    from services.safetext import mask_secrets
 
     if not ctx.config.connectors:
         click.echo("no connectors configured")
         return
+    guard = ctx.outbound_guard()
     failed = 0
     for n, c in ctx.config.connectors.items():
-        problem = check_target(c.kind, c.url, timeout)
+        problem = target_refusal(c.url, guard) or check_target(c.kind, c.url, timeout)
         if problem:
             failed += 1
-            click.echo(f"connectors.{n}.url: {problem}", err=True)
+            click.echo(f"connectors.{n}.url: {mask_secrets(problem)}", err=True)
         else:
             click.echo(f"{n}: ok ({c.kind})")
     if failed:

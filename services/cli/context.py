@@ -66,6 +66,12 @@ class Ctx:
 
         return sender_for(self.celery())
 
+    def outbound_guard(self):  # noqa: ANN201 - connectors.outbound.OutboundGuard
+        """What outbound connections may reach: public addresses, and VLWATCH_OUTBOUND_ALLOW's networks."""
+        from connectors.outbound import OutboundGuard
+
+        return OutboundGuard.allowing(self.settings.outbound_allow)
+
     def ensure_db(self) -> None:
         """Migrate the database to the newest revision (the embedded default's folder is made first)."""
         from services.migrate import upgrade

@@ -1,14 +1,39 @@
-"""``vlwatch dispatch``: deliver outbox events to webhook subscribers and connectors, and run the reconciler."""
+"""``vlwatch dispatch``: deliver outbox events to webhook subscribers and connectors, and run the reconciler.
+
+With ``--watch`` it keeps going through database outages of any length (logging, backing off, resuming by
+itself), and the reconciler runs on a thread of its own, so a slow delivery never delays the recovery of jobs.
+"""
 
 from __future__ import annotations
 
 import json
-import time
-from typing import Any, Optional
+import signal
+import threading
+from typing import Any, Callable, Optional
 
 import click
 
 from services.cli.context import Ctx, jsonable, pass_ctx
+
+
+def check_webhook_urls(ctx: Ctx) -> None:
+    """Every webhook URL of the YAML file passes the outbound guard; else exit naming the field."""
+    guard = ctx.outbound_guard()
+    problems = [f"webhooks[{i}].url: {why}" for i, w in enumerate(ctx.config.webhooks)
+                if (why := guard.check_url(w.url))]
+    if problems:
+        raise click.ClickException("\n".join(problems))
+
+
+def check_target_urls(ctx: Ctx, names: tuple[str, ...]) -> None:
+    """The target databases of connectors ``names`` pass the outbound guard; else exit naming the field."""
+    from connectors.targets import target_refusal
+
+    guard = ctx.outbound_guard()
+    problems = [f"connectors.{n}.url: {why}" for n in names
+                if (why := target_refusal(ctx.config.connectors[n].url, guard))]
+    if problems:
+        raise click.ClickException("\n".join(problems))
 
 
 def sync_webhooks(ctx: Ctx) -> None:
@@ -33,18 +58,56 @@ def sync_connectors(ctx: Ctx) -> None:
 
 
 def build_connectors(ctx: Ctx, names: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The YAML file's connectors (or those ``names``), built and recorded in SQL."""
+    """The YAML file's connectors (or those ``names``), their targets checked by the outbound guard, built and
+    recorded in SQL."""
     from connectors.registry import build_connector
 
     for n in names:
         if n not in ctx.config.connectors:
             known = ", ".join(ctx.config.connectors) or "none configured"
             raise click.ClickException(f"unknown connector {n!r} (in the YAML file: {known})")
+    names = names or tuple(ctx.config.connectors)
+    check_target_urls(ctx, names)
     sync_connectors(ctx)
     if not ctx.config.connectors:
         return {}
     store = ctx.store() if any(c.kind == "security" for c in ctx.config.connectors.values()) else None
-    return {n: build_connector(n, ctx.config, store) for n in (names or tuple(ctx.config.connectors))}
+    return {n: build_connector(n, ctx.config, store) for n in names}
+
+
+def _until_done(step: Callable[[], Any], name: str, stop: threading.Event, cap: float) -> Optional[Any]:
+    """``step()``'s value, trying again with backoff while it fails (a configuration error still ends it)."""
+    from connectors.lanes import Backoff
+
+    backoff = Backoff(name, cap)
+    while not stop.is_set():
+        try:
+            value = step()
+            backoff.ok()
+            return value
+        except click.ClickException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database (or the store) is away at start-up
+            stop.wait(backoff.failed(exc))
+    return None
+
+
+def _reconcile_forever(ctx: Ctx, stop: threading.Event) -> None:
+    """Re-send stuck jobs every VLWATCH_RECONCILE_INTERVAL_SECONDS, on its own thread, through any outage."""
+    from connectors.lanes import Backoff
+    from workers.lease import reconcile
+
+    s = ctx.settings
+    send = ctx.send_job()
+    backoff = Backoff("the reconciler", s.reconcile_interval_seconds)
+    while not stop.is_set():
+        try:
+            reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
+            backoff.ok()
+            wait = s.reconcile_interval_seconds
+        except Exception as exc:  # noqa: BLE001 - the database or the broker is away: log, back off, go on
+            wait = backoff.failed(exc)
+        stop.wait(wait)
 
 
 @click.command()
@@ -54,9 +117,8 @@ def build_connectors(ctx: Ctx, names: tuple[str, ...] = ()) -> dict[str, Any]:
 @pass_ctx
 def dispatch(ctx: Ctx, watch: bool, metrics_port: Optional[int]) -> None:
     """Deliver outbox events to webhook subscribers and connectors; also re-sends stuck jobs (the reconciler)."""
-    from connectors.dispatch import dispatch_once
+    from connectors.dispatch import Dispatcher
     from connectors.webhooks import WebhookSender
-    from workers.lease import reconcile
 
     if metrics_port is not None:
         from services import metrics
@@ -65,22 +127,32 @@ def dispatch(ctx: Ctx, watch: bool, metrics_port: Optional[int]) -> None:
         metrics.start_server(metrics_port)
 
     s = ctx.settings
-    sync_webhooks(ctx)
-    targets = build_connectors(ctx)
-    send, next_reconcile = ctx.send_job(), 0.0
-    with WebhookSender() as sender:  # one for every round: its connections to receivers stay open
-        while True:
-            counts = dispatch_once(ctx.db_url, schedule=s.webhook_retry_schedule,
-                                   timeout=s.webhook_timeout_seconds, connectors=targets, sender=sender)
-            rec = None
-            if time.monotonic() >= next_reconcile:  # the reconciler runs on its own, slower cadence
-                rec = reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
-                next_reconcile = time.monotonic() + s.reconcile_interval_seconds
-            if not watch:
-                click.echo(json.dumps({"delivery": jsonable(counts), "reconcile": rec}))
-                return
-            if counts.sent == 0 and counts.fanned_out == 0:  # busy rounds follow each other without waiting
-                time.sleep(s.dispatch_interval_seconds)
+    check_webhook_urls(ctx)
+    stop = threading.Event()
+    with WebhookSender(ctx.outbound_guard()) as sender:  # kept for every round: its connections stay open
+
+        def dispatcher(targets: dict[str, Any]) -> Dispatcher:
+            return Dispatcher(ctx.db_url, s.webhook_retry_schedule, sender, targets,
+                              timeout=s.webhook_timeout_seconds, per_target=s.webhook_concurrency,
+                              lease_s=s.delivery_lease_seconds, poll_s=s.dispatch_interval_seconds)
+
+        if not watch:
+            from workers.lease import reconcile
+
+            sync_webhooks(ctx)
+            counts = dispatcher(build_connectors(ctx)).once()
+            rec = reconcile(ctx.db_url, ctx.send_job(), requeue_after=s.requeue_after_seconds)
+            click.echo(json.dumps({"delivery": jsonable(counts), "reconcile": rec}))
+            return
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        threading.Thread(target=_reconcile_forever, args=(ctx, stop), name="vlwatch-reconciler", daemon=True).start()
+        targets = _until_done(lambda: (sync_webhooks(ctx), build_connectors(ctx))[1], "starting the dispatcher",
+                              stop, cap=30.0)
+        if targets is not None:
+            try:
+                dispatcher(targets).run(stop)
+            except KeyboardInterrupt:
+                stop.set()
 
 
 COMMANDS = [dispatch]

@@ -29,6 +29,7 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     from tqdm import tqdm
 
     from connectors.dispatch import dispatch_once, pending_deliveries
+    from connectors.outbound import OutboundGuard
     from connectors.webhooks import WebhookSender, add_subscription
     from services.cli.receiver import WebhookReceiver
     from services.config import AppConfig, Profile, SourceConfig
@@ -46,8 +47,9 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    # The demo's receiver listens on loopback, which outbound connections reach only when allowed.
     settings = load_settings(data_dir=out, database_url=None, broker_url="filesystem://", s3_endpoint=None,
-                             webhook_retry_schedule=(0.2, 0.5, 1.0))
+                             webhook_retry_schedule=(0.2, 0.5, 1.0), outbound_allow=("127.0.0.1/32",))
     config = AppConfig(profiles={"default": Profile(analyzers=("barcode", "ocr"))},
                        sources={"demo": SourceConfig(profile="default", prefix="demo/")})
     upgrade(settings.db_url)
@@ -62,7 +64,8 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     for name in config.profiles["default"].analyzers:
         rt.analyzer(name)
 
-    with WebhookReceiver() as receiver, WebhookSender() as sender, start_worker(
+    guard = OutboundGuard.allowing(settings.outbound_allow)
+    with WebhookReceiver() as receiver, WebhookSender(guard) as sender, start_worker(
             app, pool="solo", perform_ping_check=False, loglevel="WARNING", shutdown_timeout=30):
         with session_scope(settings.db_url) as s:
             add_subscription(s, "demo-receiver", receiver.url, ["job.succeeded", "job.failed"], receiver.secret)

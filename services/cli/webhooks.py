@@ -21,17 +21,26 @@ def webhooks_group() -> None:
 @click.option("--secret", default=None, help="whsec_...; generated when omitted.")
 @pass_ctx
 def webhooks_add(ctx: Ctx, name: str, url: str, events: tuple[str, ...], secret: Optional[str]) -> None:
+    """Subscribe URL to events; a URL whose host is not a public address is refused unless allowed by
+    VLWATCH_OUTBOUND_ALLOW."""
+    from pydantic import ValidationError
+
     from connectors.webhooks import add_subscription
     from services.config import WebhookConfig
     from services.db import session_scope
+    from services.safetext import mask_secrets
 
     try:
         WebhookConfig(name=name, url=url, events=events, secret=secret)
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the field
-        raise click.ClickException(str(exc)) from None
+    except ValidationError as exc:  # each message names the field, never the value given
+        raise click.ClickException("; ".join(f"{e['loc'][0]}: {e['msg'].removeprefix('Value error, ')}"
+                                             for e in exc.errors())) from None
+    refused = ctx.outbound_guard().check_url(url)
+    if refused:
+        raise click.ClickException(f"{mask_secrets(url)}: {refused}")
     with session_scope(ctx.db_url) as s:
         sub = add_subscription(s, name, url, list(events), secret)
-        click.echo(f"added {sub.name} -> {sub.url}\nsecret: {sub.secret}")
+        click.echo(f"added {sub.name} -> {mask_secrets(sub.url)}\nsecret: {sub.secret}")
 
 
 @webhooks_group.command("list")
@@ -39,12 +48,13 @@ def webhooks_add(ctx: Ctx, name: str, url: str, events: tuple[str, ...], secret:
 def webhooks_list(ctx: Ctx) -> None:
     from connectors.webhooks import list_subscriptions, subscription_stats
     from services.db import session_scope
+    from services.safetext import mask_secrets
 
     with session_scope(ctx.db_url) as s:
         for sub in list_subscriptions(s):
             stats = subscription_stats(s, sub.id)
             state = "active" if sub.active else "paused"
-            click.echo(f"{sub.name:<16} {state:<7} {sub.url}  events={','.join(sub.event_types)}  "
+            click.echo(f"{sub.name:<16} {state:<7} {mask_secrets(sub.url)}  events={','.join(sub.event_types)}  "
                        + " ".join(f"{k}={v}" for k, v in stats.items()))
 
 

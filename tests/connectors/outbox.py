@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
-from typing import Any, Callable, Mapping, Optional
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 from connectors.dispatch import dispatch_once, pending_deliveries
-from connectors.lifecycle import RetrySchedule
+from connectors.lifecycle import Counts, RetrySchedule
+from connectors.outbound import OutboundGuard
 from connectors.webhooks import WebhookSender
 from services.db import session_scope
 from services.events import event_row
 from services.schema import OutboxEvent
 from tests.waiting import wait_for
+
+LOOPBACK = OutboundGuard.allowing(["127.0.0.0/8"])
+"""The tests' receivers listen on loopback, which outbound connections reach only when allowed."""
+
+
+def loopback_sender() -> WebhookSender:
+    return WebhookSender(LOOPBACK)
+
+
+def dispatch_round(db_url: str, schedule: RetrySchedule, **kw: Any) -> Counts:
+    """One dispatcher round (``dispatch_once``) whose webhooks may reach the tests' loopback receivers."""
+    with loopback_sender() as sender:
+        return dispatch_once(db_url, schedule, timeout=5, sender=sender, **kw)
 
 
 def emit(db_url: str, items: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -29,7 +48,7 @@ def emit_n(db_url: str, n: int, type_: str = "job.succeeded") -> list[str]:
 def drain(db_url: str, schedule: RetrySchedule, connectors: Optional[Mapping[str, Any]] = None,
           timeout: float = 30.0) -> None:
     """Dispatch rounds until no delivery is pending; fail after ``timeout`` seconds."""
-    with WebhookSender() as sender:
+    with loopback_sender() as sender:
         def done() -> bool:
             dispatch_once(db_url, schedule, timeout=5, connectors=connectors, sender=sender)
             with session_scope(db_url) as s:
@@ -55,3 +74,23 @@ def in_threads(n: int, work: Callable[[], None]) -> None:
         t.join()
     if errors:
         raise errors[0]
+
+
+@contextmanager
+def watching_dispatcher(db_url: str, folder: Path, **settings: str) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """`vlwatch dispatch --watch` as a process of its own on ``db_url`` (loopback receivers allowed, ``settings``
+    as ``VLWATCH_*`` variables, e.g. ``delivery_lease_seconds="3"``); yields the process and its log file."""
+    env = {**os.environ, "VLWATCH_DATABASE_URL": db_url, "VLWATCH_OUTBOUND_ALLOW": "127.0.0.0/8",
+           "VLWATCH_DATA_DIR": str(folder), **{f"VLWATCH_{k.upper()}": v for k, v in settings.items()}}
+    env.pop("VLWATCH_CONFIG", None)
+    log = folder / "dispatch.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "services", "dispatch", "--watch"],
+                                cwd=Path(__file__).resolve().parents[2], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield proc, log
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(30)

@@ -10,16 +10,16 @@ import time
 import pytest
 from sqlalchemy import func, select
 
-from connectors.dispatch import dispatch_once, fan_out, pending_deliveries, run_dispatcher
+from connectors.dispatch import Dispatcher, fan_out, pending_deliveries
 from connectors.lifecycle import DEFAULT_DELAYS, RetrySchedule
 from connectors.webhooks import (
-    Attempt, WebhookSender, add_subscription, list_subscriptions, remove_subscription, replay,
+    Attempt, add_subscription, list_subscriptions, remove_subscription, replay,
 )
 from services.cli.receiver import WebhookReceiver
 from services.db import session_scope
 from services.events import event_row
 from services.schema import OutboxEvent, WebhookDelivery, utcnow
-from tests.connectors.outbox import drain, emit_n, in_threads
+from tests.connectors.outbox import dispatch_round, drain, emit_n, in_threads, loopback_sender
 from tests.waiting import wait_for
 
 
@@ -43,14 +43,14 @@ def test_event_row_envelope():
 
 
 def test_send_reports_status_and_connection_errors():
-    with WebhookReceiver() as rx, WebhookSender() as sender:
+    with WebhookReceiver() as rx, loopback_sender() as sender:
         assert sender.send(rx.url, "msg_1", b'{"a":1}', rx.secret, 5) == Attempt(204, None)
         rx.fail_next(1)
         failed = sender.send(rx.url, "msg_2", b'{"a":1}', rx.secret, 5)
         assert failed.status_code == 500 and failed.error is not None and failed.error.startswith("HTTP 500")
         assert [e["webhook_id"] for e in rx.events()] == ["msg_1"]
         dead_url = rx.url
-    with WebhookSender() as sender:  # receiver closed: connection refused
+    with loopback_sender() as sender:  # receiver closed: connection refused
         refused = sender.send(dead_url, "msg_3", b"{}", rx.secret, 2)
     assert refused.status_code is None and refused.error and "Connect" in refused.error
 
@@ -146,7 +146,9 @@ def test_run_dispatcher_loop_delivers_until_stopped(db_url):
         with session_scope(db_url) as s:
             add_subscription(s, "rx", rx.url, ["*"], rx.secret)
         stop = threading.Event()
-        t = threading.Thread(target=run_dispatcher, args=(db_url, (0.0,), 5.0, stop), kwargs={"poll_interval": 0.05})
+        sender = loopback_sender()
+        d = Dispatcher(db_url, (0.0,), sender, timeout=5.0, poll_s=0.05)
+        t = threading.Thread(target=d.run, args=(stop,))
         t.start()
         try:
             ids = emit_n(db_url, 5)  # emitted while the loop runs: picked up on a later poll
@@ -154,6 +156,7 @@ def test_run_dispatcher_loop_delivers_until_stopped(db_url):
         finally:
             stop.set()
             t.join(10)
+            sender.close()
         assert not t.is_alive()
         assert sorted(rx.hits) == sorted(ids)
 
@@ -169,7 +172,7 @@ def test_paused_subscription_holds_its_deliveries_until_resumed(db_url):
         with session_scope(db_url) as s:
             assert fan_out(s) == 2
             s.execute(select(WebhookSubscription)).scalar_one().active = False
-        counts = dispatch_once(db_url, RetrySchedule((0.0,), jitter=0.0), timeout=5)
+        counts = dispatch_round(db_url, RetrySchedule((0.0,), jitter=0.0))
         assert counts.sent == 0 and rx.hits == []
         with session_scope(db_url) as s:
             assert pending_deliveries(s) == 0  # a drain loop does not wait on a paused subscription
@@ -219,7 +222,7 @@ def test_a_redirect_is_a_failed_attempt_and_url_credentials_become_basic_auth():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with WebhookSender() as sender:
+        with loopback_sender() as sender:
             a = sender.send(f"http://hook%20user:p%40ss@127.0.0.1:{server.server_address[1]}/in", "msg_1", b"{}",
                             "whsec_" + base64.b64encode(b"k" * 24).decode(), 5)
     finally:

@@ -98,3 +98,37 @@ def test_any_interleaving_same_rows(target: InventoryConnector, order: list[int]
     for start in range(0, len(seq), batch):  # deliveries in batches of `batch` events
         target.apply(seq[start:start + batch], batched=batch % 2 == 0)
     assert _snapshot(target) == want
+
+
+def test_a_catastrophic_pattern_runs_in_linear_time_on_a_crafted_line() -> None:
+    """``^(\\w+\\s?)+$`` takes seconds on a 27-character line with backtracking regexes, doubling per character;
+    RE2 is linear. Run in a child process so that a backtracking engine fails the test instead of stalling it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import time, json\n"
+        "from connectors.inventory import InventoryConnector\n"
+        "c = InventoryConnector('inv', 'postgresql+psycopg://x@h/db', sku_patterns=[r'^(\\w+\\s?)+$'])\n"
+        "lines = ['a' * n + '!' for n in (27, 40, 1999)] + ['b' * 100_000]\n"
+        "t = time.perf_counter()\n"
+        "found = [c._codes(line) for line in lines]\n"
+        "print(json.dumps([time.perf_counter() - t, [len(f) for f in found]]))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    took, found = json.loads(proc.stdout)
+    assert took < 1.0 and found == [0, 0, 0, 1]  # the 100,000-character line is capped, then matches
+
+
+def test_a_pattern_re2_cannot_compile_is_a_config_error_naming_the_field() -> None:
+    from services.config import ConfigError, parse_config
+
+    text = ("connectors:\n  stock: {kind: inventory, url: 'postgresql+psycopg://inv@db/inventory',\n"
+            "          sku_patterns: ['SKU-(\\d{6})', '(\\w)\\1']}\n")
+    with pytest.raises(ConfigError, match=r"connectors\.stock\.sku_patterns: \[1\] .*RE2.*backreferences"):
+        parse_config(text, "site.yaml")
+    good = parse_config(text.replace(", '(\\w)\\1'", ""), "site.yaml")
+    c = InventoryConnector("stock", good.connectors["stock"].url, sku_patterns=good.connectors["stock"].sku_patterns)
+    assert c._codes("SKU-123456 and SKU-654321") == ["123456", "654321"]

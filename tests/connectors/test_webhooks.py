@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import func, select
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from connectors.dispatch import dispatch_once, fan_out
+from connectors.dispatch import fan_out
 from connectors.lifecycle import RetrySchedule
 from connectors.webhooks import add_subscription, new_secret, replay, signed_headers
 from services.cli.receiver import WebhookReceiver
 from services.db import session_scope
 from services.schema import WebhookDelivery, utcnow
-from tests.connectors.outbox import drain, emit_n, in_threads
+from tests.connectors.outbox import dispatch_round, drain, emit_n, in_threads
 
 pytestmark = pytest.mark.services
 
@@ -96,14 +96,14 @@ def test_next_attempt_waits_for_the_scheduled_time(db_url):
         emit_n(db_url, 1)
         rx.fail_next(1)
         sched = RetrySchedule((300.0,), jitter=0.0)
-        dispatch_once(db_url, sched, timeout=5)
+        dispatch_round(db_url, sched)
         with session_scope(db_url) as s:
             d = s.execute(select(WebhookDelivery)).scalar_one()
             wait = (d.next_attempt_at - d.last_attempt_at).total_seconds()
         assert wait == pytest.approx(300.0, abs=1.0)
-        assert dispatch_once(db_url, sched, timeout=5).sent == 0  # not due yet
+        assert dispatch_round(db_url, sched).sent == 0  # not due yet
         later = utcnow() + timedelta(seconds=301)
-        assert dispatch_once(db_url, sched, timeout=5, now=later).delivered == 1
+        assert dispatch_round(db_url, sched, now=later).delivered == 1
         assert len(rx.events()) == 1
 
 
@@ -116,7 +116,7 @@ def test_two_dispatchers_never_double_send(db_url):
 
         def run() -> None:
             for _ in range(50):
-                dispatch_once(db_url, sched, timeout=5)
+                dispatch_round(db_url, sched)
 
         in_threads(2, run)
         assert sorted(rx.hits) == sorted(ids)  # every event exactly once, before any dedupe

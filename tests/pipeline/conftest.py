@@ -50,6 +50,7 @@ def app_env(migrated_pg: str, redis_url: str, s3_settings, tmp_path_factory) -> 
         "VLWATCH_DATA_DIR": str(d / "data"),
         "VLWATCH_LEASE_SECONDS": "4",
         "VLWATCH_WEBHOOK_RETRY_SCHEDULE": "0.2,0.4,0.8",
+        "VLWATCH_OUTBOUND_ALLOW": "127.0.0.0/8",  # the receivers and target databases of the tests
         "PYTHONUNBUFFERED": "1",
     })
     return env
