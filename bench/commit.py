@@ -16,13 +16,12 @@ import json
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from pipeline import stack_env  # noqa: E402
+from scratch import scratch  # noqa: E402
 
 OWNER = "bench-worker"
 
@@ -68,97 +67,88 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
-    from sqlalchemy import create_engine, delete, text, update
-    from sqlalchemy.engine import make_url
+    with scratch() as run:
+        measure(args, run.db_url)
 
-    from services.db import dispose_all, get_engine, session_scope
+
+def measure(args: argparse.Namespace, db_url: str) -> None:
+    from sqlalchemy import delete, update
+
+    from services.db import get_engine, session_scope
     from services.events import event_row
-    from services.migrate import upgrade
     from services.schema import RESULT_TABLES, Image, Job, OutboxEvent, utcnow
     from workers.commit import commit
     from workers.lease import claim
 
-    st = stack_env()
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = make_url(st["VLWATCH_TEST_PG_URL"])
-    with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = admin.set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(db_url)
+    with session_scope(db_url) as s:
+        now = utcnow()
+        ids = []
+        for i in range(args.jobs):
+            im = Image(bucket="b", key=f"k/{i}.jpg", etag=f"e{i}", size=50_000, registered_at=now)
+            s.add(im)
+            s.flush()
+            job = Job(image_id=im.id, profile="p", queue="gpu", status="queued", attempts=0, queued_at=now)
+            s.add(job)
+            s.flush()
+            ids.append(job.id)
+
+    def reset() -> list:
         with session_scope(db_url) as s:
-            now = utcnow()
-            ids = []
-            for i in range(args.jobs):
-                im = Image(bucket="b", key=f"k/{i}.jpg", etag=f"e{i}", size=50_000, registered_at=now)
-                s.add(im)
-                s.flush()
-                job = Job(image_id=im.id, profile="p", queue="gpu", status="queued", attempts=0, queued_at=now)
-                s.add(job)
-                s.flush()
-                ids.append(job.id)
+            for table in [*RESULT_TABLES.values(), OutboxEvent]:
+                s.execute(delete(table))
+            s.execute(update(Job).values(status="queued", lease_owner=None, attempts=0))
+        return make_work(claim(db_url, OWNER, 600, ids), args.rows)
 
-        def reset() -> list:
-            with session_scope(db_url) as s:
-                for table in [*RESULT_TABLES.values(), OutboxEvent]:
-                    s.execute(delete(table))
-                s.execute(update(Job).values(status="queued", lease_owner=None, attempts=0))
-            return make_work(claim(db_url, OWNER, 600, ids), args.rows)
+    columns = {kind: [c.name for c in t.__table__.columns if c.name != "id"] for kind, t in RESULT_TABLES.items()}
 
-        columns = {kind: [c.name for c in t.__table__.columns if c.name != "id"] for kind, t in RESULT_TABLES.items()}
-
-        def copy_same_rows(work: list) -> None:
-            """One COPY per table, the rows already converted: the floor for writing them."""
-            now = utcnow()
-            by_table: dict[str, list[list]] = {kind: [] for kind in RESULT_TABLES}
-            for w in work:
-                for r in w.results:
-                    kind = r.detections.kind
-                    for row in r.detections.to_rows():
-                        full = {"job_id": w.job_id, "image_id": w.image_id, "analyzer": r.lineage.analyzer,
-                                "created_at": now} | row
-                        if full.get("attributes") is not None:
-                            full["attributes"] = json.dumps(full["attributes"])
-                        by_table[kind].append([full.get(c) for c in columns[kind]])
-            events = []
-            for w in work:
-                ev = event_row("job.succeeded", w.job_id, {"results": [], "image": {"id": w.image_id}})
-                events.append([ev["event_id"], ev["type"], ev["job_id"], json.dumps(ev["payload"]), ev["created_at"]])
-            raw = get_engine(db_url).raw_connection()
-            try:
-                with raw.cursor() as cur:
-                    for kind, rows in by_table.items():
-                        with cur.copy(f"COPY {kind} ({', '.join(columns[kind])}) FROM STDIN") as cp:
-                            for row in rows:
-                                cp.write_row(row)
-                    with cur.copy("COPY outbox_events (event_id, type, job_id, payload, created_at) FROM STDIN") as cp:
-                        for row in events:
+    def copy_same_rows(work: list) -> None:
+        """One COPY per table, the rows already converted: the floor for writing them."""
+        now = utcnow()
+        by_table: dict[str, list[list]] = {kind: [] for kind in RESULT_TABLES}
+        for w in work:
+            for r in w.results:
+                kind = r.detections.kind
+                for row in r.detections.to_rows():
+                    full = {"job_id": w.job_id, "image_id": w.image_id, "analyzer": r.lineage.analyzer,
+                            "created_at": now} | row
+                    if full.get("attributes") is not None:
+                        full["attributes"] = json.dumps(full["attributes"])
+                    by_table[kind].append([full.get(c) for c in columns[kind]])
+        events = []
+        for w in work:
+            ev = event_row("job.succeeded", w.job_id, {"results": [], "image": {"id": w.image_id}})
+            events.append([ev["event_id"], ev["type"], ev["job_id"], json.dumps(ev["payload"]), ev["created_at"]])
+        raw = get_engine(db_url).raw_connection()
+        try:
+            with raw.cursor() as cur:
+                for kind, rows in by_table.items():
+                    with cur.copy(f"COPY {kind} ({', '.join(columns[kind])}) FROM STDIN") as cp:
+                        for row in rows:
                             cp.write_row(row)
-                raw.commit()
-            finally:
-                raw.close()
+                with cur.copy("COPY outbox_events (event_id, type, job_id, payload, created_at) FROM STDIN") as cp:
+                    for row in events:
+                        cp.write_row(row)
+            raw.commit()
+        finally:
+            raw.close()
 
-        n_rows = args.jobs * args.rows
-        mine, base = [], []
-        for r in range(args.rounds):
-            work = reset()
-            t = time.perf_counter()
-            copy_same_rows(work)
-            base.append(n_rows / (time.perf_counter() - t))
-            work = reset()
-            t = time.perf_counter()
-            outcomes = commit(db_url, OWNER, work)
-            mine.append(n_rows / (time.perf_counter() - t))
-            assert [o.status for o in outcomes] == ["succeeded"] * args.jobs, outcomes[:3]
-            print(f"round {r}: COPY {base[-1]:9.0f} rows/s   commit {mine[-1]:9.0f} rows/s")
-        b, m = statistics.median(base), statistics.median(mine)
-        print(f"{args.jobs} jobs x {args.rows} rows: COPY {b:.0f} rows/s; commit (+ job status, images, outbox) "
-              f"{m:.0f} rows/s")
-        print(f"ratio commit / COPY: {m / b:.2f}  (goal >= 0.8)")
-    finally:
-        dispose_all()
-        with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as c:
-            c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    n_rows = args.jobs * args.rows
+    mine, base = [], []
+    for r in range(args.rounds):
+        work = reset()
+        t = time.perf_counter()
+        copy_same_rows(work)
+        base.append(n_rows / (time.perf_counter() - t))
+        work = reset()
+        t = time.perf_counter()
+        outcomes = commit(db_url, OWNER, work)
+        mine.append(n_rows / (time.perf_counter() - t))
+        assert [o.status for o in outcomes] == ["succeeded"] * args.jobs, outcomes[:3]
+        print(f"round {r}: COPY {base[-1]:9.0f} rows/s   commit {mine[-1]:9.0f} rows/s")
+    b, m = statistics.median(base), statistics.median(mine)
+    print(f"{args.jobs} jobs x {args.rows} rows: COPY {b:.0f} rows/s; commit (+ job status, images, outbox) "
+          f"{m:.0f} rows/s")
+    print(f"ratio commit / COPY: {m / b:.2f}  (goal >= 0.8)")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+
+from scratch import scratch  # noqa: E402
 
 
 def make_labels(n: int) -> list[bytes]:
@@ -112,44 +113,26 @@ def bare_engine(images: list[bytes]) -> tuple[float, int, float]:
     return len(images) / (time.perf_counter() - t), found, (time.process_time() - c) * 1000 / len(images)
 
 
-def stack_env() -> dict[str, str]:
-    subprocess.run([sys.executable, "-m", "tests.stack", "up"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    out = subprocess.run([sys.executable, "-m", "tests.stack", "env"], cwd=ROOT, check=True, capture_output=True,
-                         text=True).stdout
-    env = {}
-    for line in out.splitlines():
-        line = line.removeprefix("export ").strip()
-        if "=" in line:
-            k, v = line.split("=", 1)
-            env[k] = v.strip("'\"")
-    return env
-
-
 def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict]:
-    from minio import Minio
-    from sqlalchemy import create_engine, func, select, text
-    from sqlalchemy.engine import make_url
+    """images/s from the first upload to the last verified webhook, and what it cost (in a scratch database and
+    bucket)."""
+    with scratch() as run:
+        return _pipeline(images, workers, batch, run.stack, run.db_url, run.bucket)
+
+
+def _pipeline(images: list[bytes], workers: int, batch: int, st: dict[str, str], db_url: str,
+              bucket: str) -> tuple[float, dict]:
+    from sqlalchemy import func, select
 
     from connectors.webhooks import add_subscription
     from services.config import AppConfig, Profile, SourceConfig
     from services.db import get_engine, session_scope
     from services.ingest.upload import upload
-    from services.migrate import upgrade
     from services.schema import WebhookDelivery
     from services.settings import Settings
-    from workers.app import make_app, sender_for
     from services.storage import store_from_settings
+    from workers.app import make_app, sender_for
 
-    st = stack_env()
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = make_url(st["VLWATCH_TEST_PG_URL"])
-    with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = admin.set(database=name).render_as_string(hide_password=False)
-    upgrade(db_url)
-    bucket = name.replace("_", "-")
-    Minio(st["VLWATCH_TEST_S3_ENDPOINT"], st["VLWATCH_TEST_S3_ACCESS_KEY"], st["VLWATCH_TEST_S3_SECRET_KEY"],
-          secure=False).make_bucket(bucket)
     procs: list[subprocess.Popen] = []
     try:
         tmp = Path(tempfile.mkdtemp(prefix="vlwatch-bench-"))
@@ -234,27 +217,6 @@ def pipeline(images: list[bytes], workers: int, batch: int) -> tuple[float, dict
                 os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             p.wait(30)
-        cleanup(st, bucket, name)
-
-
-def cleanup(st: dict[str, str], bucket: str, database: str) -> None:
-    """Remove the run's bucket and database: every bucket is a SeaweedFS collection with volumes of its own, and the
-    test server runs out of volumes after some dozens of them."""
-    from minio import Minio
-    from minio.deleteobjects import DeleteObject
-    from sqlalchemy import create_engine, text
-
-    from services.db import dispose_all
-
-    s3 = Minio(st["VLWATCH_TEST_S3_ENDPOINT"], st["VLWATCH_TEST_S3_ACCESS_KEY"], st["VLWATCH_TEST_S3_SECRET_KEY"],
-               secure=False)
-    objects = [DeleteObject(o.object_name) for o in s3.list_objects(bucket, recursive=True)]
-    for err in s3.remove_objects(bucket, objects):
-        print(f"could not delete {err.name} from bucket {bucket}: {err.message}", file=sys.stderr)
-    s3.remove_bucket(bucket)
-    dispose_all()
-    with create_engine(st["VLWATCH_TEST_PG_URL"], isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'DROP DATABASE "{database}" WITH (FORCE)'))
 
 
 def main() -> None:

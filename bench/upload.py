@@ -16,14 +16,13 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-from pipeline import cleanup, stack_env  # noqa: E402
+from scratch import scratch  # noqa: E402
 
 THREADS = 8
 
@@ -53,28 +52,14 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
 
-    from minio import Minio
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
     from services.config import AppConfig, Profile, SourceConfig
     from services.ingest.upload import upload
-    from services.migrate import upgrade
     from services.settings import Settings
     from services.storage import store_from_settings
     from workers.app import make_app, sender_for
 
-    st = stack_env()
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = make_url(st["VLWATCH_TEST_PG_URL"])
-    with create_engine(admin, isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    db_url = admin.set(database=name).render_as_string(hide_password=False)
-    upgrade(db_url)
-    bucket = name.replace("_", "-")
-    Minio(st["VLWATCH_TEST_S3_ENDPOINT"], st["VLWATCH_TEST_S3_ACCESS_KEY"], st["VLWATCH_TEST_S3_SECRET_KEY"],
-          secure=False).make_bucket(bucket)
-    try:
+    with scratch() as run:
+        st, db_url, bucket = run.stack, run.db_url, run.bucket
         settings = Settings(database_url=db_url, broker_url=st["VLWATCH_TEST_REDIS_URL"],
                             s3_endpoint=st["VLWATCH_TEST_S3_ENDPOINT"], s3_access_key=st["VLWATCH_TEST_S3_ACCESS_KEY"],
                             s3_secret_key=st["VLWATCH_TEST_S3_SECRET_KEY"], bucket=bucket)
@@ -111,11 +96,9 @@ def main() -> None:
         p, q = statistics.median(plain_rates), statistics.median(project_rates)
         print(f"plain PUTs ({THREADS} threads): {p:.1f} images/s; vlwatch upload (+ register + send): {q:.1f} images/s")
         print(f"ratio upload / plain PUTs: {q / p:.2f}  (goal >= 0.8)")
-    finally:
         import redis
 
         redis.Redis.from_url(st["VLWATCH_TEST_REDIS_URL"]).delete("cpu")  # the unconsumed tasks
-        cleanup(st, bucket, name)
 
 
 if __name__ == "__main__":
