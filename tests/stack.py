@@ -162,6 +162,17 @@ def start_postgres(name: str = "postgres", port: int = PORTS["postgres"], durabl
 _pg_ports: dict[str, tuple[int, bool]] = {}  # cluster name (its directory under .stack/) -> port, durable
 
 
+def stop_postgres(name: str) -> None:
+    """Stop a ``start_postgres(name, port)`` cluster of this checkout (fast mode: a clean shutdown)."""
+    data = STACK / name
+    if not (data / "postmaster.pid").exists():
+        return
+    pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
+    as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def restart(service: str, down_for: float = 0.0) -> None:
     """An outage: stop a PostgreSQL cluster of this checkout (``"postgres"``, or a ``start_postgres(name, port)``
     one) in immediate mode, as a crash would (open connections are cut, no clean shutdown), keep it down for

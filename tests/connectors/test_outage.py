@@ -46,6 +46,7 @@ def outage_db(session_tag: str) -> Iterator[str]:
     yield url
     dispose_all()
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    stack.stop_postgres(CLUSTER)  # the port is free for the next run, from whatever checkout
 
 
 def test_the_dispatcher_rides_out_a_postgresql_crash(outage_db: str, tmp_path: Path):
