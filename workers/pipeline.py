@@ -1,13 +1,18 @@
-"""The analysis of a batch of jobs, stage by stage: claim -> fetch -> decode -> analyze -> commit.
+"""The analysis of a batch of jobs, stage by stage: claim -> check -> fetch -> decode -> analyze -> commit.
 
-Delivery is at-least-once, effects are exactly-once: jobs are claimed under a database lease (``workers.lease``);
-a finished job is skipped; results are committed only while the lease is still ours, in one transaction with
-the job's status and its outbox event (``workers.commit``). A task names a few jobs (those registered together);
-the worker tops the batch up with other queued jobs of the same queue (up to ``batch_size``) so analyzers see
-batches and database and storage round trips are shared; their own tasks, when they arrive, find them taken.
+Delivery is at-least-once, effects are exactly-once: jobs are claimed under a database lease (``workers.lease``)
+that a heartbeat thread renews while the batch runs; a finished job is skipped; results are committed only while
+the lease is still ours, in one transaction with the job's status and its outbox event (``workers.commit``). A
+task names a few jobs (those registered together); the worker tops the batch up with other fresh queued jobs of
+the same queue (up to ``batch_size``) so analyzers see batches and database and storage round trips are shared.
 
-Bad input fails that job with a reason and the others go on; transient faults (object storage or database
-unreachable) release the claims and raise ``TransientError``, and the task is retried with backoff.
+A job's failure never fails another job:
+- bad input fails that job with a reason and the others go on (each stage catches what one image can cause);
+- a batch that fails as a whole (an exception no stage expected, or the time limit) is split: its jobs go back
+  to the queue and each runs again on its own (``workers.lease``: a job claimed before runs alone); a job that
+  fails so on its own is failed with a reason that says what happened;
+- transient faults (object storage or database unreachable) give the claims back with their attempt and raise
+  ``TransientError``: the task is retried with backoff, later the reconciler sends it again.
 """
 
 from __future__ import annotations
@@ -15,18 +20,23 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
+from model.analyzers import limits_of
 from model.decode import BadImage, decode_image
 from services.storage import ObjectNotFound, StorageUnavailable
 from workers.commit import commit
-from workers.lease import claim, release, renew
+from workers.lease import Heartbeat, claim, give_back, release
+from workers.limits import JobTimeLimit, explain, out_of_memory, time_limit
 from workers.runtime import Runtime
 from workers.work import Outcome, Work
 
 log = logging.getLogger(__name__)
+
+TRANSIENT = (StorageUnavailable, OperationalError)
+SendJob = Callable[[list[int], str], None]
 
 
 class TransientError(RuntimeError):
@@ -39,28 +49,86 @@ def run_job(rt: Runtime, job_id: int, batch_size: Optional[int] = None) -> Outco
     return next(o for o in outcomes if o.job_id == job_id)
 
 
-def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int) -> list[Outcome]:
-    """Claim ``job_ids`` (topped up with other queued jobs to ``batch_size``), run and commit them together."""
-    claimed: list[int] = []
+def run_batch(rt: Runtime, job_ids: Sequence[int], batch_size: int,
+              resend: Optional[SendJob] = None) -> list[Outcome]:
+    """Claim ``job_ids`` (topped up with other queued jobs to ``batch_size``), run and commit them together.
+    ``resend`` sends the jobs of a batch that failed as a whole again, one per task (else the reconciler does)."""
     try:
-        leased_at = time.monotonic()
+        _give_back_deferred(rt)
         work = [Work.of(c) for c in claim(rt.db_url, rt.worker_id, rt.settings.lease_seconds, job_ids,
                                           extra=batch_size - len(job_ids))]
-        claimed = [w.job_id for w in work]
-        skipped = [Outcome(j, "skipped") for j in job_ids if j not in claimed]
-        if skipped:
-            log.info("jobs %s skipped: finished already or held by a live lease", [o.job_id for o in skipped])
-        if not work:
-            return skipped
-        check(rt, work)
-        fetch(rt, work)
-        decode(rt, work)
-        analyze(rt, work, leased_at)
-        return skipped + commit(rt.db_url, rt.worker_id, work)
-    except (StorageUnavailable, OperationalError) as exc:
-        if claimed:
-            release(rt.db_url, rt.worker_id, claimed)
+    except OperationalError as exc:
         raise TransientError(f"jobs {list(job_ids)}: {exc}") from exc
+    claimed = [w.job_id for w in work]
+    skipped = [Outcome(j, "skipped") for j in job_ids if j not in claimed]
+    if skipped:
+        log.info("jobs %s skipped: finished already, held by another worker, or to run alone",
+                 [o.job_id for o in skipped])
+    if not work:
+        return skipped
+    with Heartbeat(rt.db_url, rt.worker_id, rt.settings.lease_seconds, claimed):
+        return skipped + _run(rt, work, resend)
+
+
+def _run(rt: Runtime, work: list[Work], resend: Optional[SendJob]) -> list[Outcome]:
+    stage = "check"
+    try:
+        with time_limit(rt.settings.task_time_limit_seconds):
+            for stage, run_stage in (("check", check), ("fetch", fetch), ("decode", decode), ("analyze", analyze)):
+                run_stage(rt, work)
+        stage = "commit"
+        return commit(rt.db_url, rt.worker_id, work)
+    except TRANSIENT as exc:
+        ids = [w.job_id for w in work]
+        if not release(rt.db_url, rt.worker_id, ids, refund=True, resent=True):
+            rt.deferred_give_back.update(ids)
+        raise TransientError(f"jobs {ids}: {exc}") from exc
+    except (Exception, JobTimeLimit) as exc:  # noqa: BLE001 - whatever broke the batch, no job fails for another
+        return _batch_failed(rt, work, stage, exc, resend)
+
+
+def _batch_failed(rt: Runtime, work: list[Work], stage: str, exc: BaseException,
+                  resend: Optional[SendJob]) -> list[Outcome]:
+    """The batch failed as a whole in ``stage``: a job alone is failed with a reason saying what happened;
+    the jobs of a larger batch are released (their attempt counts) and run again one by one."""
+    if isinstance(exc, JobTimeLimit):
+        what = (f"ran past the {exc.seconds:g}-second time limit (VLWATCH_TASK_TIME_LIMIT_SECONDS) in the {stage} "
+                "stage; make the image smaller or raise the limit")
+    elif out_of_memory(exc):
+        what = (f"ran out of memory in the {stage} stage (the worker's cap is VLWATCH_WORKER_MAX_MEMORY_MB="
+                f"{rt.settings.worker_max_memory_mb}): {explain(exc)}; make the image smaller or raise the cap")
+    else:
+        log.exception("jobs %s: the %s stage failed", [w.job_id for w in work], stage)
+        what = f"failed in the {stage} stage with an internal error: {explain(exc)}"
+    if len(work) == 1:
+        w = work[0]
+        failed = Work(w.job_id, w.image_id, w.key, w.profile, w.attempts, w.queue, data=w.data, timings=w.timings,
+                      failure=f"analysis of {w.key!r} {what}")
+        try:
+            return commit(rt.db_url, rt.worker_id, [failed])
+        except TRANSIENT:
+            raise
+        except Exception:  # noqa: BLE001 - not even the failure commits: the next attempt (or the give-up) will
+            log.exception("job %s: could not record its failure", w.job_id)
+            release(rt.db_url, rt.worker_id, [w.job_id], refund=False, note=f"its last attempt {what}")
+            return [Outcome(w.job_id, "released", what)]
+    note = f"its batch of {len(work)} jobs {what}; it runs again on its own"
+    log.warning("a batch of %d jobs %s; each job runs again on its own", len(work), what)
+    release(rt.db_url, rt.worker_id, [w.job_id for w in work], refund=False, note=note, resent=resend is not None)
+    for w in work if resend is not None else ():
+        try:
+            resend([w.job_id], w.queue)
+        except Exception as send_exc:  # noqa: BLE001 - broker down: the reconciler sends it
+            log.warning("job %s: could not send it again (%s); the reconciler will", w.job_id, send_exc)
+    return [Outcome(w.job_id, "released", note) for w in work]
+
+
+def _give_back_deferred(rt: Runtime) -> None:
+    """Attempts owed from a database outage (their release could not be written then) are given back now."""
+    if rt.deferred_give_back:
+        ids = sorted(rt.deferred_give_back)
+        if give_back(rt.db_url, rt.worker_id, ids):
+            rt.deferred_give_back.difference_update(ids)
 
 
 def _live(work: list[Work]) -> list[Work]:
@@ -68,12 +136,12 @@ def _live(work: list[Work]) -> list[Work]:
 
 
 def check(rt: Runtime, work: list[Work]) -> None:
-    """Jobs that cannot run at all: claimed too often (the worker died each time) or of a profile removed from
-    the configuration."""
+    """Jobs that cannot run at all: claimed too often (each attempt ended with its worker lost or its batch
+    failing; transient faults do not count) or of a profile removed from the configuration."""
     for w in work:
         if w.attempts > rt.settings.max_attempts:
-            w.failure = (f"gave up after {w.attempts - 1} attempts: the worker was lost each time "
-                         f"(killed or out of memory?) while analysing {w.key}")
+            w.failure = (f"gave up on {w.key!r} after {w.attempts - 1} attempts (VLWATCH_MAX_ATTEMPTS); the last: "
+                         f"{w.note or 'no record of how it ended'}")
         elif w.profile not in rt.config.profiles:
             w.failure = f"profile {w.profile!r} is not in the configuration file any more"
 
@@ -102,16 +170,16 @@ def decode(rt: Runtime, work: list[Work]) -> None:
         t = time.perf_counter()
         try:
             w.decoded = decode_image(w.data, max_bytes=rt.settings.max_image_bytes,
-                                     max_pixels=rt.settings.max_image_pixels)
+                                     max_pixels=rt.settings.max_image_pixels, max_scans=rt.settings.max_jpeg_scans)
         except BadImage as exc:
             w.failure = f"bad image {w.key!r}: {exc.reason}"
         w.timings["decode"] = time.perf_counter() - t
 
 
-def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
-    """Each profile's analyzers over its jobs' images, as one batch per analyzer. An analyzer that cannot run
-    here fails its jobs saying so; one that raises on the batch is re-run image by image so only the image
-    that breaks it fails. Leases are renewed after an analyzer once a quarter of the lease has passed."""
+def analyze(rt: Runtime, work: list[Work]) -> None:
+    """Each profile's analyzers over its jobs' images, as one batch per analyzer. An image outside the shapes
+    an analyzer accepts fails before it runs; an analyzer that cannot run here fails its jobs saying so; one that
+    raises on the batch is re-run image by image so only the image that breaks it fails."""
     from model.analyzers import AnalyzerUnavailable
 
     by_profile: dict[str, list[Work]] = defaultdict(list)
@@ -133,10 +201,13 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
             except Exception as exc:  # noqa: BLE001 - a broken engine set-up fails its jobs, not the worker
                 log.exception("analyzer %s failed to load", name)
                 for w in group:
-                    w.failure = f"analyzer {name} failed to load on this worker: {type(exc).__name__}: {exc}"
+                    w.failure = f"analyzer {name} failed to load on this worker: {explain(exc)}"
+                continue
+            group = _within_limits(analyzer, name, group)
+            if not group:
                 continue
             try:
-                results = analyzer.analyze([w.decoded.image for w in group])
+                results = _checked(analyzer.analyze([w.decoded.image for w in group]), len(group), name)
             except Exception as exc:  # noqa: BLE001 - isolate the image that breaks the engine
                 results = _one_by_one(analyzer, name, group, exc)
             share = (time.perf_counter() - t) / len(group)
@@ -146,20 +217,45 @@ def analyze(rt: Runtime, work: list[Work], leased_at: float) -> None:
                     w.failure = r
                 else:
                     w.results.append(r)
-            if time.monotonic() - leased_at > rt.settings.lease_seconds / 4:
-                leased_at = time.monotonic()
-                renew(rt.db_url, rt.worker_id, rt.settings.lease_seconds, [w.job_id for w in group])
+
+
+def _within_limits(analyzer: Any, name: str, group: list[Work]) -> list[Work]:
+    """Fail the jobs whose image is outside the shapes ``analyzer`` accepts (before it runs on them); returns
+    the others."""
+    limits, inside = limits_of(analyzer), []
+    for w in group:
+        refusal = limits.refusal(name, (w.decoded.width, w.decoded.height))
+        if refusal:
+            w.failure = f"image {w.key!r} not analysed: {refusal}"
+        else:
+            inside.append(w)
+    return inside
+
+
+def _checked(results: list, n: int, name: str) -> list:
+    """An analyzer must return one result per image: a short or long list would pair results with the wrong
+    jobs."""
+    if len(results) != n:
+        raise RuntimeError(f"analyzer {name} returned {len(results)} result(s) for {n} image(s)")
+    return results
 
 
 def _one_by_one(analyzer: Any, name: str, group: list[Work], batch_exc: Exception) -> list:
     """The batch raised: run images one at a time so only the image that breaks the engine fails."""
     if len(group) == 1:
-        return [f"analyzer {name} failed on {group[0].key!r}: {type(batch_exc).__name__}: {batch_exc}"]
+        return [_analyzer_failure(name, group[0], batch_exc)]
     out: list = []
     for w in group:
         try:
-            out.extend(analyzer.analyze([w.decoded.image]))
+            out.extend(_checked(analyzer.analyze([w.decoded.image]), 1, name))
         except Exception as exc:  # noqa: BLE001
             log.exception("job %s: analyzer %s failed", w.job_id, name)
-            out.append(f"analyzer {name} failed on {w.key!r}: {type(exc).__name__}: {exc}")
+            out.append(_analyzer_failure(name, w, exc))
     return out
+
+
+def _analyzer_failure(name: str, w: Work, exc: Exception) -> str:
+    if out_of_memory(exc):
+        return (f"analyzer {name} ran out of memory on {w.key!r} ({w.decoded.width}x{w.decoded.height} pixels; "
+                f"{explain(exc)}); make the image smaller or raise VLWATCH_WORKER_MAX_MEMORY_MB")
+    return f"analyzer {name} failed on {w.key!r}: {explain(exc)}"

@@ -26,6 +26,8 @@ class Work:
     key: str
     profile: str
     attempts: int
+    queue: str = ""
+    note: Optional[str] = None  # what ended its last attempt, when there was one
     data: bytes = b""
     decoded: Optional[DecodedImage] = None
     results: list = field(default_factory=list)  # one AnalyzerResult per analyzer run
@@ -34,4 +36,4 @@ class Work:
 
     @classmethod
     def of(cls, c: Claimed) -> "Work":
-        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts)
+        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts, c.queue, c.note)

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
+from model.analyzers import AnalyzerResult, AnalyzerUnavailable, ImageLimits, Lineage
 from model.detections import Detections
 
 ENGINE = "zxing-cpp"
@@ -26,6 +26,8 @@ class BarcodeAnalyzer:
     """zxing-cpp over the whole upright image: all formats, rotated and inverted symbols included."""
 
     name = "barcode"
+    # zxing works on the pixels as they are (no upscaling): a thin strip around a 1D code is a valid input.
+    limits = ImageLimits(min_side=1, max_wide=200.0, max_tall=200.0)
 
     def __init__(self, try_rotate: bool = True, try_downscale: bool = True, try_invert: bool = True) -> None:
         try:

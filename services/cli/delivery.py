@@ -64,8 +64,8 @@ def dispatch(ctx: Ctx, watch: bool) -> None:
                                connectors=targets)
         rec = None
         if time.monotonic() >= next_reconcile:  # the reconciler runs on its own, slower cadence
-            rec = reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
-            next_reconcile = time.monotonic() + s.reconcile_interval_seconds
+            rec = reconcile(ctx.db_url, send, requeue_after=s.requeue_after)
+            next_reconcile = time.monotonic() + s.reconcile_every
         if not watch:
             click.echo(json.dumps({"delivery": jsonable(counts), "reconcile": rec}))
             return
