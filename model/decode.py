@@ -29,7 +29,7 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
 ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, TIFF, BMP"
 MAX_SIDE = 65_535  # the barcode and OCR engines index pixels with 16-bit sides
 MAX_JPEG_SCANS = 100  # progressive JPEGs from cameras and encoders have about 10; each scan re-walks the image
-_STRIP_ROWS = 256  # rows converted at a time from 16-bit or float samples: a bounded scratch buffer
+_STRIP_SAMPLES = 1 << 18  # samples converted at a time from 16-bit or float images: a bounded scratch buffer
 # Formats recognised by their first bytes only to name them in a refusal (their parsers are never run).
 _OTHER_FORMATS = ((b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xff\x4f\xff\x51", "JPEG 2000"),
                   (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"),
@@ -192,8 +192,8 @@ def _to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
 
 
 def _deep_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
-    """16-bit, 32-bit integer and float greyscale to 8-bit RGB, ``_STRIP_ROWS`` rows at a time, so the scratch
-    memory is a few strips whatever the image's size (never a float64 copy of the whole image). 16-bit samples
+    """16-bit, 32-bit integer and float greyscale to 8-bit RGB, a strip of rows at a time, so the scratch memory
+    is about a megabyte whatever the image's size (never a float64 copy of the whole image). 16-bit samples
     are scaled by 1/257 with exact rounding ((v + 128) // 257 == round(v / 257) for every 16-bit v); 32-bit
     samples above 65535 and floats above 1.0 are clipped; floats in 0..1 are scaled by 255."""
     mode = im.mode
@@ -206,16 +206,21 @@ def _deep_to_rgb(im: Image.Image, notes: list[str]) -> Image.Image:
     else:
         notes.append(f"{mode} samples above 65535 clipped to 8 bits")
     w, h = im.size
+    rows = max(1, _STRIP_SAMPLES // w)
     gray = np.empty((h, w), dtype=np.uint8)  # [H, W] the 8-bit result
-    for top in range(0, h, _STRIP_ROWS):
-        strip = np.asarray(im.crop((0, top, w, min(h, top + _STRIP_ROWS))))  # [rows, W] samples
+    for top in range(0, h, rows):
+        strip = np.asarray(im.crop((0, top, w, min(h, top + rows))))  # [rows, W] samples
         if mode == "F":
-            vals = np.rint(np.nan_to_num(strip.astype(np.float32, copy=False)) * np.float32(scale))
+            vals = np.nan_to_num(strip.astype(np.float32))
+            vals *= np.float32(scale)
+            np.rint(vals, out=vals)
         elif mode.startswith("I;16") or hi <= 65535:
-            vals = (strip.astype(np.int64 if mode == "I" else np.uint32) + 128) // 257
+            vals = strip.astype(np.int64 if mode == "I" else np.uint32)  # "I" is signed
+            vals += 128
+            vals //= 257
         else:
-            vals = strip
-        gray[top:top + strip.shape[0]] = np.clip(vals, 0, 255)
+            vals = strip.copy()
+        gray[top:top + strip.shape[0]] = np.clip(vals, 0, 255, out=vals)
     return Image.fromarray(gray, "L").convert("RGB")
 
 
