@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 from model.analyzers import limits_of
 from model.decode import BadImage, decode_image
-from services.storage import ObjectNotFound, StorageUnavailable
+from services.storage import BadKey, ObjectNotFound, StorageUnavailable
 from workers.commit import commit
 from workers.lease import Heartbeat, claim, give_back, release
 from workers.limits import JobTimeLimit, explain, out_of_memory, time_limit
@@ -155,6 +155,8 @@ def fetch(rt: Runtime, work: list[Work]) -> None:
             w.data = rt.store.get(w.key)
         except ObjectNotFound:
             w.failure = f"object {w.key!r} is not in bucket {rt.store.bucket!r} (deleted after upload?)"
+        except BadKey as exc:
+            w.failure = f"object {w.key!r} refused by the store: {exc}"
         w.timings["fetch"] = time.perf_counter() - t
 
     live = _live(work)
