@@ -39,7 +39,12 @@ EVENT_TYPES = ("job.succeeded", "job.failed")
 
 
 class ConfigError(ValueError):
-    """The YAML file is invalid; the message names the file and the field."""
+    """The YAML file is invalid; the message names the file and the field (secrets it quotes are masked)."""
+
+    def __init__(self, message: str) -> None:
+        from services.redact import redact
+
+        super().__init__(redact(message))
 
 
 class _Strict(BaseModel):

@@ -15,7 +15,12 @@ from pydantic_settings import SettingsError as _SourceError
 
 
 class SettingsError(ValueError):
-    """A setting is invalid; the message names the environment variable."""
+    """A setting is invalid; the message names the environment variable (secrets it quotes are masked)."""
+
+    def __init__(self, message: str) -> None:
+        from services.redact import redact
+
+        super().__init__(redact(message))
 
 
 class Settings(BaseSettings):

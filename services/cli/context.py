@@ -24,7 +24,7 @@ class Ctx:
         try:
             self.settings: Settings = load_settings()
             self.config: AppConfig = load_config(self.settings.config)
-        except (SettingsError, ConfigError) as exc:
+        except (SettingsError, ConfigError) as exc:  # both redact their messages
             raise click.ClickException(str(exc)) from None
         self._app: Optional[Celery] = None
 
