@@ -16,6 +16,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from celery import Celery, signals
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from services.settings import Settings
 from workers.pipeline import TransientError, run_batch
@@ -46,6 +47,7 @@ def make_app(settings: Settings) -> Celery:
         # The hard limit (prefork pool): a child stuck in native code past it is ended and replaced. The soft
         # limit is workers.limits.time_limit, per batch, in every pool.
         task_time_limit=settings.hard_time_limit,
+        worker_consumer="workers.app:Consumer",
     )
     if settings.worker_max_memory_mb:  # prefork: a child holding more than the cap after a task is replaced
         app.conf.worker_max_memory_per_child = settings.worker_max_memory_mb * 1024  # KiB
@@ -63,6 +65,35 @@ def make_app(settings: Settings) -> Celery:
     if settings.worker_reconciles:
         _reconcile_in_workers(app, settings)
     return app
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, able to go on after Redis restarts. Celery 5.7 with kombu 5.7 stops the worker for good
+    ("Unrecoverable error: AttributeError: 'NoneType' object has no attribute 'hostname'") when, after a lost
+    connection, it touches the Redis channel of that connection again: closing it (kombu restores its unacked
+    messages through a client the collect just dropped), or acknowledging a task that was running at the time.
+    Both are guarded here: nothing is lost, as Redis restores the unacknowledged messages after the visibility
+    timeout and the reconciler re-sends their jobs sooner (and a job already committed is skipped)."""
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        from celery.worker import state
+
+        for request in (*state.active_requests, *state.reserved_requests):  # acked later, on the lost channel
+            request._on_ack, request._on_reject = _on_lost_channel(request._on_ack), _on_lost_channel(request._on_reject)
+        if self.connection is not None:
+            self.connection.close = _on_lost_channel(self.connection.close)
+        super().on_connection_error_after_connected(exc)
+
+
+def _on_lost_channel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AttributeError:
+            log.warning("broker connection lost: a message of it stays unacknowledged (it is restored later)")
+            return None
+
+    return guarded
 
 
 def _reconcile_in_workers(app: Celery, settings: Settings) -> None:
