@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +18,8 @@ from PIL import Image as PILImage
 
 from tests import images
 from tests.chaos.servers import PrivateServers
-from tests.waiting import wait_for
+from tests.processes import ROOT, Proc
 
-ROOT = Path(__file__).resolve().parents[2]
 SCALE = max(1, int(os.environ.get("VLWATCH_CHAOS_SCALE", "1")))  # the long run by hand: VLWATCH_CHAOS_SCALE=8
 LEASE = 4.0
 CONFIG = {"profiles": {"codes": {"analyzers": ["barcode"]}}, "sources": {"cam": {"prefix": "cam/", "profile": "codes"}}}
@@ -94,44 +90,6 @@ def chaos_env(servers: PrivateServers, tmp_path: Path) -> Iterator[ChaosEnv]:
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
-
-
-class Proc:
-    """A ``vlwatch`` command in its own process group, its output in a log file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str | None = None) -> None:
-        self.args, self.log = args, log
-        self._fh = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "services", *args], env=env, cwd=ROOT, stdout=self._fh,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        if ready:
-            wait_for(lambda: self._has(ready), 90, f"`vlwatch {' '.join(args)}` to be ready (log {log})")
-
-    def _has(self, text: str) -> bool:
-        self.check_alive()
-        return text in self.log.read_text()
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"`vlwatch {' '.join(self.args)}` exited with {self.proc.returncode}:\n"
-                                 f"{self.log.read_text()[-4000:]}")
-
-    def children(self) -> list[int]:
-        """Pids of this process's children (a prefork worker's pool processes)."""
-        try:
-            return [int(p) for p in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()]
-        except FileNotFoundError:
-            return []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._fh.close()
 
 
 @pytest.fixture
