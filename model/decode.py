@@ -6,7 +6,8 @@ Order matters: the byte limit is checked before anything is parsed; only the doc
 ever run (``ACCEPTED_FORMATS``: no EPS through Ghostscript, no JPEG 2000, FITS, TGA...); the pixel limit and the
 side limit are checked from the header and a progressive JPEG's scans are counted before any pixel is decoded
 (so a decompression bomb or a JPEG of thousands of scans costs a few KB of reading, not gigabytes or minutes).
-Only Pillow and numpy. Truncated files fail (Pillow's ``LOAD_TRUNCATED_IMAGES`` is never turned on).
+Only Pillow and numpy. Truncated files fail (Pillow's ``LOAD_TRUNCATED_IMAGES`` is never turned on). A
+``MemoryError`` (the worker's memory cap) is not the file's fault: it is raised as it is, for the caller to say.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_scans: int
             size = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
             raise BadImage(f"image header declares {size}, over the {max_pixels:,}-pixel limit "
                            "(VLWATCH_MAX_IMAGE_PIXELS); not decoded (possible decompression bomb)") from None
+        except MemoryError:  # the worker's memory cap: not the file's fault, the caller says so
+            raise
         except Exception as e:  # noqa: BLE001 - any parser failure on untrusted bytes is a bad image
             raise BadImage(f"unreadable image header: {type(e).__name__}: {e}") from None
         fmt = im.format or "unknown"
@@ -113,6 +116,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_scans: int
         try:
             im.seek(0)
             im.load()
+        except MemoryError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise BadImage(f"{fmt} image is truncated or corrupt ({type(e).__name__}: {e}); "
                            "the file is incomplete - upload it again") from None
@@ -128,6 +133,8 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int, max_scans: int
             notes.append(f"EXIF orientation {orientation} applied")
         try:
             rgb = _to_rgb(upright, notes)
+        except MemoryError:
+            raise
         except Exception as e:  # noqa: BLE001
             raise BadImage(f"{fmt} image in mode {upright.mode} cannot be converted to RGB "
                            f"({type(e).__name__}: {e})") from None

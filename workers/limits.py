@@ -77,6 +77,8 @@ def explain(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     if cause is not None:
         return f"{type(exc).__name__} (caused by {explain(cause)})"
+    if isinstance(exc, MemoryError):
+        return "MemoryError (an allocation failed)"
     return f"{type(exc).__name__} (the engine gave no message)"
 
 
@@ -109,5 +111,6 @@ def apply_memory_cap(max_mb: int) -> Optional[int]:
     if hard != resource.RLIM_INFINITY:
         cap = min(cap, hard)
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    log.info("memory cap: %d MiB resident allowed (address space capped at %d MiB)", max_mb, cap // _MIB)
+    log.info("memory cap: %d MiB resident allowed, %d MiB held now (address space capped at %d MiB)", max_mb,
+             resident // _MIB, cap // _MIB)
     return cap
