@@ -40,14 +40,18 @@ class Proc:
         except FileNotFoundError:
             return []
 
+    def kill(self) -> None:
+        """SIGKILL the process group: no cleanup, as a machine losing power."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+                self.kill()
         self._fh.close()
 
     def peak_rss_mb(self) -> dict[int, float]:

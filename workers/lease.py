@@ -103,7 +103,6 @@ class Heartbeat:
 
     def __init__(self, db_url: str, owner: str, lease_seconds: float, job_ids: Sequence[int]) -> None:
         self.db_url, self.owner, self.lease_seconds, self.job_ids = db_url, owner, lease_seconds, list(job_ids)
-        self.beats = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vlwatch-heartbeat", daemon=True)
 
@@ -119,7 +118,6 @@ class Heartbeat:
         while not self._stop.wait(self.lease_seconds / 4):
             try:
                 renew(self.db_url, self.owner, self.lease_seconds, self.job_ids)
-                self.beats += 1
             except Exception as exc:  # noqa: BLE001 - the next beat tries again; the lease outlives a few misses
                 log.warning("jobs %s: lease renewal failed (%s: %s)", self.job_ids, type(exc).__name__, exc)
 

@@ -81,9 +81,12 @@ def _many_scans(rng: np.random.Generator) -> bytes:
 
 
 def _flipped_png(rng: np.random.Generator) -> bytes:
+    """Bytes flipped in the compressed pixels, the zlib header among them (flips in the deflate stream alone can
+    still inflate, to wrong pixels, since the decoder stops before the checksum)."""
     data = bytearray(_save(images.gradient(120, 90), "PNG"))
-    start = data.index(b"IDAT") + 8
-    for pos in rng.integers(start, len(data) - 16, 6):
+    start = data.index(b"IDAT") + 4
+    data[start] ^= 0xFF
+    for pos in rng.integers(start + 1, len(data) - 16, 5):
         data[pos] ^= 0xFF
     return bytes(data)
 
