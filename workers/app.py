@@ -70,18 +70,18 @@ def make_app(settings: Settings) -> Celery:
 class Consumer(CeleryConsumer):
     """Celery's consumer, able to go on after Redis restarts. Celery 5.7 with kombu 5.7 stops the worker for good
     ("Unrecoverable error: AttributeError: 'NoneType' object has no attribute 'hostname'") when, after a lost
-    connection, it touches the Redis channel of that connection again: closing it (kombu restores its unacked
-    messages through a client the collect just dropped), or acknowledging a task that was running at the time.
-    Both are guarded here: nothing is lost, as Redis restores the unacknowledged messages after the visibility
-    timeout and the reconciler re-sends their jobs sooner (and a job already committed is skipped)."""
+    connection, something touches a Redis channel of that connection again: closing it (kombu restores its
+    unacked messages through the client the connection's collect just dropped), or acknowledging a task that was
+    running at the time. Here acks, rejects and closes on the lost connection's channels are guarded: nothing is
+    lost, as Redis restores unacknowledged messages after the visibility timeout and the reconciler re-sends
+    their jobs sooner (a job already committed is then skipped)."""
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        from celery.worker import state
-
-        for request in (*state.active_requests, *state.reserved_requests):  # acked later, on the lost channel
-            request._on_ack, request._on_reject = _on_lost_channel(request._on_ack), _on_lost_channel(request._on_reject)
-        if self.connection is not None:
-            self.connection.close = _on_lost_channel(self.connection.close)
+        transport = getattr(self.connection, "transport", None)
+        lost = [*getattr(transport, "channels", ()), *getattr(transport, "_avail_channels", ())]
+        for channel in lost:  # instance attributes shadow the methods, for these channels only
+            for name in ("basic_ack", "basic_reject", "close"):
+                setattr(channel, name, _on_lost_channel(getattr(channel, name)))
         super().on_connection_error_after_connected(exc)
 
 

@@ -75,6 +75,11 @@ def _finished(db_url: str, keys: list[str]) -> bool:
     return done == len(keys)
 
 
+def _running(db_url: str) -> bool:
+    with session_scope(db_url) as s:
+        return bool(s.scalar(select(func.count()).select_from(Job).where(Job.status == "running")))
+
+
 def _kill_a_pool_process_mid_job(db_url: str, worker) -> bool:  # noqa: ANN001
     """SIGKILL the pool process that holds a running job; False while none does."""
     with session_scope(db_url) as s:
@@ -115,6 +120,7 @@ def test_faults_mid_run_lose_and_duplicate_nothing(chaos_env, start):
             report["kills"] += 1
             fault_over = time.monotonic()
         else:
+            wait_for(lambda: _running(db_url), 60, "a job running", poll=0.01)  # the restart hits work in flight
             fault_over = servers.restart(fault, down_for=DOWN)
             report["restarts"][fault] += 1
         report["pool_pids"] |= set(worker.children())

@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from model.analyzers import limits_of
 from model.decode import BadImage, decode_image
 from model.engines.barcode import BarcodeAnalyzer
 from model.engines.ocr import OcrAnalyzer
@@ -80,6 +79,8 @@ def test_generated_files_of_any_format_mode_and_shape(fmt: str, mode: str, width
 
 @pytest.mark.parametrize("kind", sorted(BAD))
 def test_every_bad_kind_is_refused_naming_its_problem(kind: str) -> None:
+    from model.analyzers import limits_of
+
     make, words = BAD[kind]
     for seed in range(4):
         data = make(np.random.default_rng(seed))
