@@ -19,6 +19,7 @@ from services.ingest.register import register_and_send
 from services.schema import BarcodeRow, Image, Job, OutboxEvent
 from services.storage import S3Store
 from tests import images
+from tests.waiting import wait_for
 from workers.lease import claim, reconcile
 from workers.pipeline import TransientError, run_batch
 from workers.runtime import Runtime
@@ -124,8 +125,8 @@ def test_a_job_whose_worker_was_lost_each_time_gives_up_saying_so(runtime, db_ur
     for attempt in range(1, 4):  # three workers claim it and die: their leases expire
         (c,) = claim(db_url, f"dead-worker-{attempt}", 0.05, [job_id])
         assert c.attempts == attempt
-        time.sleep(0.1)  # noqa: the lease of a dead worker running out (nothing to wait on)
-        assert reconcile(db_url, lambda ids, q: None, requeue_after=600)["reclaimed"] == 1
+        wait_for(lambda: reconcile(db_url, lambda ids, q: None, requeue_after=600)["reclaimed"] == 1, 10,
+                 "the dead worker's lease to expire and the job to be reclaimed")
         assert _job(db_url, job_id).error == LOST_NOTE
     (outcome,) = run_batch(runtime, [job_id], 16)
     job = _job(db_url, job_id)
