@@ -142,7 +142,8 @@ def _pipeline(images: list[bytes], workers: int, batch: int, st: dict[str, str],
                "VLWATCH_S3_ENDPOINT": st["VLWATCH_TEST_S3_ENDPOINT"],
                "VLWATCH_S3_ACCESS_KEY": st["VLWATCH_TEST_S3_ACCESS_KEY"],
                "VLWATCH_S3_SECRET_KEY": st["VLWATCH_TEST_S3_SECRET_KEY"], "VLWATCH_BUCKET": bucket,
-               "VLWATCH_CONFIG": str(tmp / "vlwatch.yaml"), "VLWATCH_BATCH_SIZE": str(batch)}
+               "VLWATCH_CONFIG": str(tmp / "vlwatch.yaml"), "VLWATCH_BATCH_SIZE": str(batch),
+               "VLWATCH_OUTBOUND_ALLOW": "127.0.0.1/32"}  # the receiver is on loopback
         settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in env.items()
                                if k.startswith("VLWATCH_")})
         config = AppConfig(profiles={"codes": Profile(analyzers=("barcode",))},
