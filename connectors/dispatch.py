@@ -34,11 +34,12 @@ from sqlalchemy.orm import Session
 
 from connectors import lifecycle
 from connectors.databases import CONNECTORS, apply_batch
-from connectors.lanes import Backoff, Lane, Pace, Writer
+from connectors.lanes import Lane, Pace, Writer
 from connectors.lifecycle import Claimed, Counts, DeliveryKind, Outcome, RetrySchedule
 from connectors.targets import Connector
 from connectors.webhooks import WEBHOOKS, WebhookSender
 from services.db import session_scope
+from services.loop import Backoff
 from services.schema import OutboxEvent
 
 KINDS = (WEBHOOKS, CONNECTORS)

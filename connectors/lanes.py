@@ -1,5 +1,6 @@
 """The dispatcher's moving parts: a :class:`Lane` per target, the :class:`Writer` that records outcomes and renews
-leases, and the :class:`Backoff` every database step uses to ride out an outage (see :mod:`connectors.dispatch`)."""
+leases; every database step rides out an outage with :class:`services.loop.Backoff` (see
+:mod:`connectors.dispatch`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from sqlalchemy.exc import DataError, IntegrityError, ProgrammingError
 from connectors import lifecycle
 from connectors.lifecycle import Claimed, Counts, DeliveryKind, Outcome, RetrySchedule
 from services.db import session_scope
-from services.safetext import mask_secrets
+from services.loop import Backoff
 from services.schema import utcnow
 
 log = logging.getLogger(__name__)
@@ -27,36 +28,6 @@ class Pace:
     lease_s: float = 60.0  # a claim's lease, renewed every lease_s / 3 while held
     poll_s: float = 1.0  # how often an idle lane claims, and an idle dispatcher fans out
     max_backoff_s: float = 30.0  # the longest wait between tries while the database is away
-
-
-class Backoff:
-    """One loop's run of failures: the first is logged with its traceback, later ones in a line, the recovery
-    is said; the wait doubles from ``first`` up to ``cap`` seconds."""
-
-    def __init__(self, name: str, cap: float, first: float = 0.5) -> None:
-        self.name, self.cap, self.first = name, max(first, cap), first
-        self.failures, self._since = 0, 0.0
-
-    @property
-    def failing(self) -> bool:
-        return self.failures > 0
-
-    def failed(self, exc: BaseException) -> float:
-        """Log ``exc``; returns the seconds to wait before trying again."""
-        if self.failures == 0:
-            self._since = time.monotonic()
-            log.error("%s failed; trying again with backoff until it succeeds", self.name, exc_info=exc)
-        else:
-            log.warning("%s still failing after %.0fs: %s: %s", self.name, time.monotonic() - self._since,
-                        type(exc).__name__, mask_secrets(str(exc))[:300])
-        self.failures += 1
-        return min(self.cap, self.first * 2 ** (self.failures - 1))
-
-    def ok(self) -> None:
-        if self.failures:
-            log.warning("%s works again after %.0fs and %d failed tries", self.name,
-                        time.monotonic() - self._since, self.failures)
-            self.failures = 0
 
 
 class Writer:

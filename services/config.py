@@ -50,7 +50,10 @@ from services.safetext import compile_untrusted, mask_secrets
 
 
 class ConfigError(ValueError):
-    """The YAML file is invalid; the message names the file and the field (secrets masked)."""
+    """The YAML file is invalid; the message names the file and the field (secrets it quotes are masked)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(mask_secrets(message))
 
 
 class _Strict(BaseModel):
@@ -391,7 +394,7 @@ def parse_config(text: str, origin: str = "<config>") -> AppConfig:
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(mask_secrets(f"{origin}: not valid YAML: {exc}")) from None
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: the top level must be a mapping with profiles, sources, webhooks")
     try:
@@ -401,7 +404,7 @@ def parse_config(text: str, origin: str = "<config>") -> AppConfig:
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             lines.append(f"{_loc(err['loc'])}: {msg}" if err["loc"] else msg)
-        raise ConfigError(mask_secrets(f"{origin}: " + "; ".join(lines))) from None
+        raise ConfigError(f"{origin}: " + "; ".join(lines)) from None
 
 
 def load_config(path: Optional[Path]) -> AppConfig:

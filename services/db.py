@@ -3,6 +3,7 @@ default tolerates a worker and the CLI writing at once."""
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
@@ -28,6 +29,19 @@ def dispose_all() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a prefork pool process) opens its own connections: it must not share the parent's pooled
+    sockets (threads of the parent, such as the worker's reconciler, keep using them), nor wait on a lock that a
+    parent thread held at the moment of the fork."""
+    global _lock
+    _lock = threading.Lock()
+    for engine in _engines.values():
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _make_engine(url: str) -> Engine:

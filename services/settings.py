@@ -9,13 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as _SourceError
 
 
 class SettingsError(ValueError):
-    """A setting is invalid; the message names the environment variable."""
+    """A setting is invalid; the message names the environment variable (secrets it quotes are masked)."""
+
+    def __init__(self, message: str) -> None:
+        from services.safetext import mask_secrets
+
+        super().__init__(mask_secrets(message))
 
 
 class Settings(BaseSettings):
@@ -33,11 +38,24 @@ class Settings(BaseSettings):
     config: Optional[Path] = None  # the YAML file: sources, profiles, webhooks
 
     lease_seconds: float = Field(120.0, gt=0)  # a running job whose lease expires is reclaimed
-    requeue_after_seconds: float = Field(600.0, gt=0)  # a queued job not started by then is re-sent
-    max_attempts: int = Field(3, ge=1)
+    # A queued job whose task was sent this long ago and never started is sent again (its message was lost:
+    # broker restarted empty, a process killed holding it). Default: two lease periods.
+    requeue_after_seconds: Optional[float] = Field(None, gt=0)
+    max_attempts: int = Field(3, ge=1)  # claims that ended with the worker lost or the batch failing as a whole
     batch_size: int = Field(16, ge=1)  # a worker claims up to this many queued jobs of its queue at once
     max_image_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(80_000_000, gt=0)
+    max_jpeg_scans: int = Field(100, ge=1)  # progressive scans a JPEG may have (cameras write about 10)
+    # One batch's analysis (fetch, decode, analyzers) may take this long: past it the job fails with a reason
+    # (a batch of several is split and each job run on its own first). The process running it is ended past
+    # the hard limit, default this plus 60 s (prefork pool: Celery's time_limit; the pool starts a new child).
+    task_time_limit_seconds: float = Field(600.0, gt=0)
+    task_hard_time_limit_seconds: Optional[float] = Field(None, gt=0)
+    # Memory a worker process may use, in MiB (0: no cap): an analysis that would pass it fails its job with a
+    # reason (RLIMIT_AS, set after the engines are loaded, not in processes that use CUDA); a prefork child
+    # whose resident memory is above it after a task is replaced (Celery's worker_max_memory_per_child).
+    worker_max_memory_mb: int = Field(4096, ge=0)
+    worker_reconciles: bool = True  # `vlwatch worker` also runs the reconciler, in a thread of its main process
     webhook_retry_schedule: Annotated[tuple[float, ...], NoDecode] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0)
     webhook_timeout_seconds: float = Field(10.0, gt=0)
     dispatch_interval_seconds: float = Field(1.0, gt=0)  # idle poll of `vlwatch dispatch --watch`
@@ -46,7 +64,7 @@ class Settings(BaseSettings):
     # Outbound connections (webhooks, connector targets) reach public addresses only; these networks too
     # (comma-separated, e.g. "127.0.0.1/32,10.0.0.0/8"). See connectors/outbound.py.
     outbound_allow: Annotated[tuple[str, ...], NoDecode] = ()
-    reconcile_interval_seconds: float = Field(15.0, gt=0)
+    reconcile_interval_seconds: Optional[float] = Field(None, gt=0)  # default: a quarter lease, at most 15 s
     vl2_checkpoint: Optional[Path] = None  # a DeepSeek-VL2 checkpoint directory in the official layout
     vl2_device: str = "cuda"
     # a profile's `vl2:` block in the YAML file overrides these four for its jobs
@@ -98,6 +116,28 @@ class Settings(BaseSettings):
                     raise ValueError(f"{x!r} is not a network (e.g. 127.0.0.1/32, 10.0.0.0/8, ::1/128)") from None
         return tuple(x for x in items if x)
 
+    @model_validator(mode="after")
+    def _limits(self) -> "Settings":
+        hard = self.task_hard_time_limit_seconds
+        if hard is not None and hard <= self.task_time_limit_seconds:
+            raise ValueError(f"task_hard_time_limit_seconds ({hard:g}) must be above task_time_limit_seconds "
+                             f"({self.task_time_limit_seconds:g})")
+        return self
+
+    @property
+    def requeue_after(self) -> float:
+        """Seconds after which a queued job's task counts as lost and is sent again."""
+        return self.requeue_after_seconds or 2 * self.lease_seconds
+
+    @property
+    def reconcile_every(self) -> float:
+        """Seconds between reconciler passes."""
+        return self.reconcile_interval_seconds or min(15.0, self.lease_seconds / 4)
+
+    @property
+    def hard_time_limit(self) -> float:
+        return self.task_hard_time_limit_seconds or self.task_time_limit_seconds + 60
+
     @property
     def db_url(self) -> str:
         if self.database_url:
@@ -123,5 +163,5 @@ def load_settings(**overrides: object) -> Settings:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            lines.append(f"VLWATCH_{field.upper()}: {err['msg']}")
+            lines.append(f"VLWATCH_{field.upper()}: {err['msg']}" if field else f"VLWATCH_*: {err['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

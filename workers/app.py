@@ -2,18 +2,27 @@
 
 Queues: ``cpu`` (barcode, CPU OCR), ``gpu`` (DeepSeek-VL2), named per profile in the YAML file.
 ``vlwatch worker --queues cpu`` runs one; ``celery -A workers.celery_app worker -Q cpu`` works as well.
+
+A worker rides out outages: it reconnects to the broker for as long as it takes, and a task that meets the
+database or object storage down is retried with backoff (after which the reconciler sends it again). Every
+worker also runs the reconciler, in a thread of its main process (``VLWATCH_WORKER_RECONCILES``): recovery of
+lost jobs needs no other process and never waits behind webhook or connector delivery.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from celery import Celery, signals
+from celery.worker.consumer import Consumer as CeleryConsumer
 
 from services.settings import Settings
 from workers.pipeline import TransientError, run_batch
 from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
 
 ANALYZE = "vlwatch.analyze"
 RECONCILE = "vlwatch.reconcile"
@@ -33,9 +42,16 @@ def make_app(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # task events for Flower (`celery -A workers.celery_app flower`)
         task_send_sent_event=True,
+        broker_connection_max_retries=None,  # a broker outage of any length: keep reconnecting
         # Redis: a task unacked by a worker that died comes back after this; the DB lease recovers sooner.
         broker_transport_options={"visibility_timeout": visibility, "unacked_restore_interval": 10},
+        # The hard limit (prefork pool): a child stuck in native code past it is ended and replaced. The soft
+        # limit is workers.limits.time_limit, per batch, in every pool.
+        task_time_limit=settings.hard_time_limit,
+        worker_consumer="workers.app:Consumer",
     )
+    if settings.worker_max_memory_mb:  # prefork: a child holding more than the cap after a task is replaced
+        app.conf.worker_max_memory_per_child = settings.worker_max_memory_mb * 1024  # KiB
     if settings.broker_url.startswith("filesystem://"):  # embedded: messages are files under data_dir
         folder = settings.broker_dir.resolve()
         (folder / "processed").mkdir(parents=True, exist_ok=True)
@@ -43,11 +59,72 @@ def make_app(settings: Settings) -> Celery:
                                              "processed_folder": str(folder / "processed"), "store_processed": False}
     # Transient faults (storage or database unreachable) retry with exponential backoff and jitter, 1 s doubling
     # up to 60 s; the jobs stay queued meanwhile and the reconciler would re-send them anyway.
-    app.task(name=ANALYZE, acks_late=True, autoretry_for=(TransientError,), max_retries=8, retry_backoff=1,
-             retry_backoff_max=60, retry_jitter=True)(analyze)
+    app.task(name=ANALYZE, bind=True, acks_late=True, autoretry_for=(TransientError,), max_retries=8,
+             retry_backoff=1, retry_backoff_max=60, retry_jitter=True)(analyze_task)
     app.task(name=RECONCILE)(reconcile_task)
     _warm_up_on_start(app)
+    if settings.worker_reconciles:
+        _reconcile_in_workers(app, settings)
     return app
+
+
+class Consumer(CeleryConsumer):
+    """Celery's consumer, able to go on after Redis restarts. Celery 5.7 with kombu 5.7 stops the worker for good
+    ("Unrecoverable error: AttributeError: 'NoneType' object has no attribute 'hostname'") when, after a lost
+    connection, something touches a Redis channel of that connection again: closing it (kombu restores its
+    unacked messages through the client the connection's collect just dropped), or acknowledging a task that was
+    running at the time. Here acks, rejects and closes on the lost connection's channels are guarded: nothing is
+    lost, as Redis restores unacknowledged messages after the visibility timeout and the reconciler re-sends
+    their jobs sooner (a job already committed is then skipped)."""
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        transport = getattr(self.connection, "transport", None)
+        lost = [*getattr(transport, "channels", ()), *getattr(transport, "_avail_channels", ())]
+        for channel in lost:  # instance attributes shadow the methods, for these channels only
+            for name in ("basic_ack", "basic_reject", "close"):
+                setattr(channel, name, _on_lost_channel(getattr(channel, name)))
+        super().on_connection_error_after_connected(exc)
+
+
+def _on_lost_channel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AttributeError:
+            log.warning("broker connection lost: a message of it stays unacknowledged (it is restored later)")
+            return None
+
+    return guarded
+
+
+def _reconcile_in_workers(app: Celery, settings: Settings) -> None:
+    """The worker's main process runs the reconciler in a thread (``services.loop.keep_running``: it rides out
+    outages) from ready to shutdown. Every worker runs one; they share the work through the database."""
+    from services.loop import keep_running
+    from workers.lease import reconcile
+
+    stop = threading.Event()
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app:
+            return
+        send = sender_for(app)
+        stop.clear()
+        threading.Thread(target=keep_running, name="vlwatch-reconciler", daemon=True, kwargs=dict(
+            round_=lambda: reconcile(settings.db_url, send, requeue_after=settings.requeue_after),
+            interval=settings.reconcile_every, name="reconciler", stop=stop, on_result=_log_reconciled)).start()
+
+    def on_shutdown(**_: Any) -> None:
+        stop.set()
+
+    app._vlwatch_reconcile = (on_ready, on_shutdown)  # the signals hold their receivers weakly
+    signals.worker_ready.connect(on_ready)
+    signals.worker_shutdown.connect(on_shutdown)
+
+
+def _log_reconciled(counts: dict[str, int]) -> None:
+    if any(counts.values()):
+        log.info("reconciler: %s", counts)
 
 
 def _warm_up_on_start(app: Celery) -> None:
@@ -79,9 +156,14 @@ def _warm_up_on_start(app: Celery) -> None:
     signals.worker_ready.connect(on_ready)
 
 
-def analyze(job_ids: list[int] | int) -> dict[str, int]:
+def analyze_task(task: Any, job_ids: list[int] | int) -> dict[str, int]:
     """Thin entry point: the work is ``workers.pipeline.run_batch``, or ``workers.gpu.serve`` for the queues of VL2
-    profiles (the continuous-batching scheduler); counts of outcomes by status."""
+    profiles (the continuous-batching scheduler); counts of outcomes by status. The jobs of a batch that failed as
+    a whole are sent again through this task's app, one per task."""
+    return analyze(job_ids, resend=sender_for(task.app))
+
+
+def analyze(job_ids: list[int] | int, resend: Optional[Callable[[list[int], str], None]] = None) -> dict[str, int]:
     from workers.gpu import scheduled, serve
 
     ids = [int(job_ids)] if isinstance(job_ids, int) else [int(j) for j in job_ids]
@@ -89,7 +171,7 @@ def analyze(job_ids: list[int] | int) -> dict[str, int]:
     if scheduled(rt, _message_queue()):
         outcomes = serve(rt, ids)
     else:
-        outcomes = run_batch(rt, ids, max(rt.settings.batch_size, len(ids)))
+        outcomes = run_batch(rt, ids, max(rt.settings.batch_size, len(ids)), resend=resend)
     return {s: sum(o.status == s for o in outcomes) for s in {o.status for o in outcomes}}
 
 
@@ -105,7 +187,7 @@ def reconcile_task() -> dict:
     from workers.lease import reconcile
 
     rt = get_runtime()
-    return reconcile(rt.db_url, sender_for(get_current_app()), requeue_after=rt.settings.requeue_after_seconds)
+    return reconcile(rt.db_url, sender_for(get_current_app()), requeue_after=rt.settings.requeue_after)
 
 
 def get_current_app() -> Celery:

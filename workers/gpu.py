@@ -33,7 +33,7 @@ from services.storage import StorageUnavailable
 from workers.commit import commit
 from workers.gpu_jobs import GpuJob, build_scheduler, expected_prompts, finish, prepare
 from workers.lease import Claimed, claim, claim_queued, release, renew
-from workers.pipeline import TransientError, _count
+from workers.pipeline import TransientError, count_finished
 from workers.runtime import Runtime
 from workers.work import Outcome, Work
 
@@ -195,7 +195,8 @@ class Feeder:
         with self._lock:
             self._schedulers = {k: s for k, s in self._schedulers.items() if s is not sched}
             lost = [j for j in self._held.values() if j.scheduler is sched and not j.answered]
-        self._ledger.submit(self._release, lost, f"the GPU scheduler failed: {type(exc).__name__}: {exc}")
+        self._ledger.submit(self._release, lost, f"the GPU scheduler failed: {type(exc).__name__}: {exc}",
+                            False)
 
     def _keep_books(self) -> None:
         """Hand renewals and top-ups to the ledger when due."""
@@ -264,7 +265,7 @@ class Feeder:
             w.fail("analyzer_error", f"the results of {w.key!r} could not be stored: {type(exc).__name__}: {exc}")
             self._store(jobs)
             return
-        _count(works, outcomes, time.perf_counter() - t)
+        count_finished(works, outcomes, time.perf_counter() - t)
         self._settle(jobs, outcomes)
 
     def _renew(self, job_ids: list[int]) -> None:
@@ -290,9 +291,12 @@ class Feeder:
                 self._claiming = False
                 self._top_up_after = time.monotonic() + (0.0 if claimed else EMPTY_QUEUE_WAIT)
 
-    def _release(self, jobs: list[GpuJob], reason: str) -> None:
+    def _release(self, jobs: list[GpuJob], reason: str, refund: bool = True) -> None:
+        """Give ``jobs`` back to the queue. ``refund``: their attempt is given back too (a transient fault or the
+        worker stopping is not the images' fault; a scheduler failure might be, so it counts)."""
         if jobs:
-            release(self.rt.db_url, self.rt.worker_id, [j.job_id for j in jobs])
+            release(self.rt.db_url, self.rt.worker_id, [j.job_id for j in jobs], refund=refund,
+                    note=None if refund else f"its last attempt ended when {reason}")
             log.warning("jobs %s released: %s", [j.job_id for j in jobs], reason)
         self._settle(jobs, [Outcome(j.job_id, "released", reason) for j in jobs])
 

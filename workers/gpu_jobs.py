@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Hashable, Optional
 
 from services.config import GPU_ANALYZERS
 from services.settings import Settings
-from workers.pipeline import analyze, check, decode, fetch, load_analyzer, pair
+from workers.analyze import analyze, load_analyzer
+from workers.pipeline import check, decode, fetch, pair
 from workers.runtime import Runtime
 from workers.work import Outcome, Work
 
@@ -86,7 +87,7 @@ def prepare(rt: Runtime, job: GpuJob, exact: bool) -> None:
     if w.failure is not None:
         return
     profile = rt.config.profiles[w.profile]
-    analyze(rt, [w], time.monotonic(), skip=GPU_ANALYZERS)  # the CPU analyzers of the profile, here
+    analyze(rt, [w], skip=GPU_ANALYZERS)  # the CPU analyzers of the profile, here
     for name in (n for n in profile.analyzers if n in GPU_ANALYZERS):
         analyzer = load_analyzer(rt, name, profile, [w])
         if analyzer is None:

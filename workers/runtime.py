@@ -51,7 +51,8 @@ class Runtime:
     settings: Settings
     config: AppConfig
     store: ObjectStore
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+    deferred_give_back: set[int] = field(default_factory=set)  # jobs whose release a database outage stopped
+    _owner: tuple[int, str] = (0, "")  # (pid, lease owner id made in that process)
     _analyzers: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pool: Optional[tuple[int, ThreadPoolExecutor]] = None  # (pid that made it, pool): threads do not survive fork
@@ -66,6 +67,15 @@ class Runtime:
     @property
     def db_url(self) -> str:
         return self.settings.db_url
+
+    @property
+    def worker_id(self) -> str:
+        """The lease owner id of this process: host, pid and a random part, made in the process that asks, so the
+        prefork children of one worker (which inherit the runtime made before the fork) each have their own."""
+        pid = os.getpid()
+        if self._owner[0] != pid:
+            self._owner = (pid, f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}")
+        return self._owner[1]
 
     def analyzer(self, name: str, profile: Optional[Profile] = None):  # noqa: ANN201
         """The process-wide instance of analyzer ``name`` as ``profile`` configures it (one per distinct set of
@@ -133,6 +143,9 @@ class Runtime:
         gc.freeze()
         log.info("warm-up: database connected, analyzers %s ready in %.2fs", sorted(set(built)),
                  time.perf_counter() - t)
+        from workers.limits import apply_memory_cap
+
+        apply_memory_cap(self.settings.worker_max_memory_mb)  # what start-up mapped stays outside the cap
 
 
 _runtime: Optional[Runtime] = None

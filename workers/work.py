@@ -27,6 +27,8 @@ class Work:
     key: str
     profile: str
     attempts: int
+    queue: str = ""
+    note: Optional[str] = None  # what ended its last attempt, when there was one
     data: bytes = b""
     decoded: Optional[DecodedImage] = None
     previous: Optional[Previous] = None  # the source's previous image, for checks with_previous
@@ -34,11 +36,10 @@ class Work:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
     failure: Optional[str] = None  # why the job failed, in words a person can act on
     failure_class: Optional[str] = None  # its class for metrics: bad_image, missing_object, analyzer_error...
-    queue: str = ""
 
     @classmethod
     def of(cls, c: Claimed) -> "Work":
-        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts, queue=c.queue)
+        return cls(c.job_id, c.image_id, c.key, c.profile, c.attempts, c.queue, c.note)
 
     def fail(self, reason_class: str, reason: str) -> None:
         self.failure_class, self.failure = reason_class, reason

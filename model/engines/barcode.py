@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
+from model.analyzers import AnalyzerResult, AnalyzerUnavailable, ImageLimits, Lineage
 from model.detections import Detections
 from model.engines import barcode_scene
 
@@ -32,6 +32,8 @@ class BarcodeAnalyzer:
     ``scene_pass``, over the barcode-like regions it left unread."""
 
     name = "barcode"
+    # zxing works on the pixels as they are (no upscaling): a thin strip around a 1D code is a valid input.
+    limits = ImageLimits(min_side=1, max_wide=200.0, max_tall=200.0)
 
     def __init__(self, try_rotate: bool = True, try_downscale: bool = True, try_invert: bool = True,
                  scene_pass: bool = True) -> None:

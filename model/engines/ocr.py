@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from model.analyzers import AnalyzerResult, AnalyzerUnavailable, Lineage
+from model.analyzers import AnalyzerResult, AnalyzerUnavailable, ImageLimits, Lineage
 from model.detections import Detections
 
 ENGINE = "rapidocr"
@@ -93,6 +93,11 @@ class OcrAnalyzer:
     """Text lines (axis-aligned boxes around RapidOCR's quadrilaterals) with recognition scores."""
 
     name = "ocr"
+    # Text detection scales the short side up to 736 pixels, so its cost grows with the aspect ratio. RapidOCR
+    # pads wide images to 8:1 first (up to 60:1 they stay within ~2944x736 for the detector; past it the
+    # 30-pixel minimum height upscales them again); tall ones it does not pad: 8:1 keeps the detector's input
+    # under ~736x5900 (4.3 MP). A side under 8 pixels cannot hold a readable character.
+    limits = ImageLimits(min_side=8, max_wide=60.0, max_tall=8.0)
 
     def __init__(self, text_score: float = 0.5, threads: int = -1) -> None:
         self.text_score, self.threads = float(text_score), int(threads)

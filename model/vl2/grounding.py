@@ -5,8 +5,9 @@ original image). Nothing here ever evaluates model output.
 ``parse_answer(text)`` never raises: it returns every ``<|det|>`` span in order (``GroundedRef``; phrase from the
 ``<|ref|>`` just before it, "" when there is none), the boxes that passed validation (corners ordered), an overall
 ``status`` and the ``issues`` with the offending text. Statuses: ``ok``, ``no_grounding`` (no markup at all),
-``malformed`` (not ``[[a, b, c, d], ...]``: stray text, non-integers), ``wrong_arity`` (a box without 4 numbers),
-``out_of_range`` (a value outside 0..999), ``unpaired`` (a ref without a det span, or a det without a ref),
+``malformed`` (not ``[[a, b, c, d], ...]``: stray text, non-integers, digits other than ASCII 0-9),
+``wrong_arity`` (a box without 4 numbers), ``out_of_range`` (a value outside 0..999), ``zero_area`` (a box of no
+width or no height: it marks nothing), ``unpaired`` (a ref without a det span, or a det without a ref),
 ``truncated`` (the text stops inside a ref or det span; complete boxes before the cut are kept).
 
 ``parse_grounding(text)`` is the list-returning form the analyzer uses; it raises ``GroundingParseError`` only
@@ -29,12 +30,12 @@ from model.detections import GRID_MAX, Detections
 REF_OPEN, REF_CLOSE, DET_OPEN, DET_CLOSE = "<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>"
 GROUNDING = "<|grounding|>"
 _MARKUP = ("<|", "|>", "<image>")
-STATUSES = ("ok", "no_grounding", "malformed", "wrong_arity", "out_of_range", "unpaired", "truncated")
+STATUSES = ("ok", "no_grounding", "malformed", "wrong_arity", "out_of_range", "zero_area", "unpaired", "truncated")
 
 OCR_PROMPT = "<image>\n<|grounding|>Read all the text in the image."
 _MARKER = re.compile(r"<\|/?(?:ref|det)\|>")
 _BOX = re.compile(r"\[([^\[\]]*)\]")  # one innermost [...] group
-_INT = re.compile(r"\s*(-?\d{1,9})\s*")
+_INT = re.compile(r"\s*(-?[0-9]{1,9})\s*", re.ASCII)  # ASCII digits only: int() would also read "１２"
 
 
 class GroundingParseError(ValueError):
@@ -135,6 +136,7 @@ def _parse_det_body(body: str, offset: int, truncated: bool) -> tuple[list[Box],
         if not truncated:
             return boxes, spans, issues
     pos = lead + 1 if stripped.startswith("[") else 0  # inside the outer list
+    last_close = body.rfind("]")  # found once: asking "is there a ']' ahead?" per character would be quadratic
     expect_box = True
     while pos < len(body):
         m = _BOX.match(body, pos) if body[pos] == "[" else None
@@ -150,10 +152,12 @@ def _parse_det_body(body: str, offset: int, truncated: bool) -> tuple[list[Box],
                 issues.append(("wrong_arity", text))
             else:
                 vals = [int(x.group(1)) for x in ints if x is not None]
+                x1, y1, x2, y2 = vals
                 if any(v < 0 or v > GRID_MAX for v in vals):
                     issues.append(("out_of_range", text))
+                elif x1 == x2 or y1 == y2:
+                    issues.append(("zero_area", text))
                 else:
-                    x1, y1, x2, y2 = vals
                     boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
                     spans.append((offset + m.start(), offset + m.end()))
             pos = m.end()
@@ -169,7 +173,7 @@ def _parse_det_body(body: str, offset: int, truncated: bool) -> tuple[list[Box],
                 issues.append(("malformed", rest))
             return boxes, spans, issues
         else:
-            if truncated and "]" not in body[pos:]:
+            if truncated and pos > last_close:
                 return boxes, spans, issues  # an unfinished box at the cut: the caller reports truncation
             nxt = body.find("[", pos + 1)
             end = len(body) if nxt < 0 else nxt

@@ -77,7 +77,7 @@ def build_connectors(ctx: Ctx, names: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def _until_done(step: Callable[[], Any], name: str, stop: threading.Event, cap: float) -> Optional[Any]:
     """``step()``'s value, trying again with backoff while it fails (a configuration error still ends it)."""
-    from connectors.lanes import Backoff
+    from services.loop import Backoff
 
     backoff = Backoff(name, cap)
     while not stop.is_set():
@@ -94,20 +94,12 @@ def _until_done(step: Callable[[], Any], name: str, stop: threading.Event, cap: 
 
 def _reconcile_forever(ctx: Ctx, stop: threading.Event) -> None:
     """Re-send stuck jobs every VLWATCH_RECONCILE_INTERVAL_SECONDS, on its own thread, through any outage."""
-    from connectors.lanes import Backoff
+    from services.loop import keep_running
     from workers.lease import reconcile
 
-    s = ctx.settings
-    send = ctx.send_job()
-    backoff = Backoff("the reconciler", s.reconcile_interval_seconds)
-    while not stop.is_set():
-        try:
-            reconcile(ctx.db_url, send, requeue_after=s.requeue_after_seconds)
-            backoff.ok()
-            wait = s.reconcile_interval_seconds
-        except Exception as exc:  # noqa: BLE001 - the database or the broker is away: log, back off, go on
-            wait = backoff.failed(exc)
-        stop.wait(wait)
+    s, send = ctx.settings, ctx.send_job()
+    keep_running(lambda: reconcile(ctx.db_url, send, requeue_after=s.requeue_after), interval=s.reconcile_every,
+                 name="the reconciler", stop=stop)
 
 
 @click.command()
@@ -141,7 +133,7 @@ def dispatch(ctx: Ctx, watch: bool, metrics_port: Optional[int]) -> None:
 
             sync_webhooks(ctx)
             counts = dispatcher(build_connectors(ctx)).once()
-            rec = reconcile(ctx.db_url, ctx.send_job(), requeue_after=s.requeue_after_seconds)
+            rec = reconcile(ctx.db_url, ctx.send_job(), requeue_after=s.requeue_after)
             click.echo(json.dumps({"delivery": jsonable(counts), "reconcile": rec}))
             return
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

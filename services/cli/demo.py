@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+MARKER = ".vlwatch-demo"  # in every folder the demo made: the only folders it deletes
 
 
 def _wait(predicate, timeout: float, what: str, poll: float = 0.1) -> None:  # noqa: ANN001
@@ -44,9 +45,7 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     from workers.runtime import Runtime, set_runtime
 
     t_start = time.perf_counter()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    _fresh_folder(out)
     # The demo's receiver listens on loopback, which outbound connections reach only when allowed.
     settings = load_settings(data_dir=out, database_url=None, broker_url="filesystem://", s3_endpoint=None,
                              webhook_retry_schedule=(0.2, 0.5, 1.0), outbound_allow=("127.0.0.1/32",))
@@ -110,6 +109,20 @@ def run_demo(out: Path, samples: Path = SAMPLES, timeout: float = 300.0) -> dict
     return {"jobs": rows, "events": events, "elapsed": elapsed}
 
 
+def _fresh_folder(out: Path) -> None:
+    """An empty ``out``: a folder an earlier demo made (it holds ``MARKER``) is recreated; anything else that
+    holds files is refused, never deleted."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise click.ClickException(f"--out {out} exists and is not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise click.ClickException(f"--out {out} holds files and is not a folder `vlwatch demo` made (it has no "
+                                       f"{MARKER} file); not deleting it - choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("made by `vlwatch demo`; the next demo run with this --out deletes this folder\n")
+
+
 def _print_table(rows: list) -> None:  # noqa: ANN001
     """One block per image: status and per-stage timings, then every barcode and text line."""
     click.echo("\nresults")
@@ -128,7 +141,8 @@ def _print_table(rows: list) -> None:  # noqa: ANN001
 
 @click.command()
 @click.option("--out", default=Path("vlwatch-demo"), type=click.Path(file_okay=False, path_type=Path),
-              show_default=True, help="Working folder (recreated).")
+              show_default=True, help="Working folder (one an earlier demo made is recreated; any other that "
+                                      "holds files is refused).")
 def demo(out: Path) -> None:
     """Run the whole flow on the bundled samples with the embedded default (no servers needed)."""
     run_demo(out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -34,20 +33,23 @@ def upload(ctx: Ctx, paths: tuple[Path, ...], source: str) -> None:
 
 @click.command()
 @click.option("--prefix", default="", help="Only keys under this prefix.")
-@click.option("--watch", is_flag=True, help="Keep scanning every --interval seconds.")
-@click.option("--interval", default=30.0, show_default=True)
+@click.option("--watch", is_flag=True, help="Keep scanning every --interval seconds (riding out outages).")
+@click.option("--interval", default=30.0, show_default=True, type=click.FloatRange(min=0.1))
 @pass_ctx
 def scan(ctx: Ctx, prefix: str, watch: bool, interval: float) -> None:
     """Register objects that reached the bucket through any S3 client (fallback for missed events)."""
     from services.ingest.scan import scan as do_scan
+    from services.loop import keep_running
 
-    store, send = ctx.store(), ctx.send_job()
-    while True:
-        n = do_scan(ctx.db_url, ctx.config, store, send, prefix=prefix)
+    def report(n: int) -> None:
         click.echo(f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%SZ} registered {n} new object(s)")
-        if not watch:
-            return
-        time.sleep(interval)
+
+    if not watch:
+        report(do_scan(ctx.db_url, ctx.config, ctx.store(), ctx.send_job(), prefix=prefix))
+        return
+    store, send = ctx.store(ensure_bucket=False), ctx.send_job()  # the store may be down at start: the loop waits
+    keep_running(lambda: do_scan(ctx.db_url, ctx.config, store, send, prefix=prefix), interval=interval,
+                 name="scanner", on_result=report)
 
 
 @click.command()

@@ -14,7 +14,7 @@ from services.cli.context import Ctx, pass_ctx
 
 @click.command()
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "failed"]))
-@click.option("--limit", default=20, show_default=True)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
 @pass_ctx
 def jobs(ctx: Ctx, status: Optional[str], limit: int) -> None:
     """Recent jobs with their status, timings and errors."""

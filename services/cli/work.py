@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -51,19 +50,26 @@ def _multiprocess_metrics(ctx: Ctx) -> None:
 
 
 @click.command()
-@click.option("--watch", is_flag=True)
-@click.option("--interval", default=15.0, show_default=True)
+@click.option("--watch", is_flag=True, help="Keep going (riding out outages); every worker also runs one.")
+@click.option("--interval", default=None, type=click.FloatRange(min=0.1),
+              help="Seconds between passes (default VLWATCH_RECONCILE_INTERVAL_SECONDS, else a quarter lease).")
 @pass_ctx
-def reconcile(ctx: Ctx, watch: bool, interval: float) -> None:
-    """Re-send jobs left queued and reclaim jobs whose worker died (expired lease)."""
+def reconcile(ctx: Ctx, watch: bool, interval: float | None) -> None:
+    """Re-send jobs whose task was lost and reclaim jobs whose worker died (expired lease). Every worker runs the
+    reconciler too (VLWATCH_WORKER_RECONCILES); this command is for deployments that turn that off."""
+    from services.loop import keep_running
     from workers.lease import reconcile as do_reconcile
 
-    send = ctx.send_job()
-    while True:
-        click.echo(json.dumps(do_reconcile(ctx.db_url, send, ctx.settings.requeue_after_seconds)))
-        if not watch:
-            return
-        time.sleep(interval)
+    send, s = ctx.send_job(), ctx.settings
+
+    def once() -> dict[str, int]:
+        return do_reconcile(ctx.db_url, send, requeue_after=s.requeue_after)
+
+    if not watch:
+        click.echo(json.dumps(once()))
+        return
+    keep_running(once, interval=interval or s.reconcile_every, name="reconciler",
+                 on_result=lambda counts: click.echo(json.dumps(counts)))
 
 
 COMMANDS = [worker, reconcile]

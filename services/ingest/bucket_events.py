@@ -14,6 +14,10 @@ it cannot read):
   "new_entry", "new_parent_path", ...}}`` (protobuf ``EventNotification`` as JSON, bytes fields base64); the
   S3 ETag is the entry's ``Seaweed-X-Amz-ETag`` extended attribute. Paths are plain, not URL-encoded.
 
+Every parser reads untrusted documents: anything malformed (deep nesting, ``Infinity``/``NaN``, wrong types,
+out-of-range numbers or times, keys S3 would not store: over 1,024 bytes or holding NUL) is a
+``NotificationError``, never another exception, so a listener can answer 400 to it.
+
 What is done with the events: ``services.ingest.event_ingest``.
 """
 
@@ -32,6 +36,9 @@ log = logging.getLogger(__name__)
 Kind = Literal["created", "removed"]
 SEAWEED_BUCKETS_DIR = "/buckets"
 SEAWEED_ETAG_KEY = "Seaweed-X-Amz-ETag"  # weed/s3api/s3_constants ExtETagKey
+MAX_KEY_BYTES = 1024  # S3's limit on object keys (and the width of images.key)
+MAX_NAME_CHARS = 255  # bucket names (S3: 63), ETags, version ids, sequencers: far below this in practice
+MAX_SIZE = 2**63 - 1  # a BIGINT
 
 
 class NotificationError(ValueError):
@@ -61,10 +68,16 @@ def _loads(doc: Any) -> Any:
             raise NotificationError("body is not UTF-8") from None
     if isinstance(doc, str):
         try:
-            return json.loads(doc)
+            return json.loads(doc, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise NotificationError(f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise NotificationError("body is nested too deeply") from None
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise NotificationError(f"body is not JSON: {name} is not a JSON number")
 
 
 def _time(value: Any, where: str) -> Optional[datetime]:
@@ -91,15 +104,33 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
+def _opt_str(value: Any, where: str) -> Optional[str]:
+    """An optional short string (ETag, version id, sequencer): None when absent or empty."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or len(value) > MAX_NAME_CHARS:
+        raise NotificationError(f"{where}: expected a string of at most {MAX_NAME_CHARS} characters")
+    return value
+
+
+def _key(key: str, where: str) -> str:
+    """An object key as S3 stores them: at most 1,024 bytes of UTF-8, no NUL."""
+    if "\x00" in key or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise NotificationError(f"{where}: not an S3 object key (NUL, or over {MAX_KEY_BYTES} bytes)")
+    return key
+
+
 def _opt_int(value: Any, where: str) -> Optional[int]:
     if value in (None, ""):
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise NotificationError(f"{where}: expected an integer, got {type(value).__name__}")
     try:
         n = int(value)
-    except (TypeError, ValueError):
-        raise NotificationError(f"{where}: expected an integer, got {value!r}") from None
-    if n < 0:
-        raise NotificationError(f"{where}: negative size {n}")
+    except (ValueError, OverflowError):
+        raise NotificationError(f"{where}: expected an integer, got {str(value)[:40]!r}") from None
+    if not 0 <= n <= MAX_SIZE:
+        raise NotificationError(f"{where}: size {str(n)[:40]} out of range")
     return n
 
 
@@ -123,17 +154,18 @@ def _record(rec: Any, where: str) -> Optional[ObjectEvent]:
         return None
     s3 = _mapping(rec.get("s3"), f"{where}.s3")
     bucket = _str(_mapping(s3.get("bucket"), f"{where}.s3.bucket").get("name"), f"{where}.s3.bucket.name")
+    if len(bucket) > MAX_NAME_CHARS:
+        raise NotificationError(f"{where}.s3.bucket.name: over {MAX_NAME_CHARS} characters")
     obj = _mapping(s3.get("object"), f"{where}.s3.object")
     raw_key = _str(obj.get("key"), f"{where}.s3.object.key")
-    key = unquote_plus(raw_key, errors="strict")  # S3 and MinIO form-encode keys: '+' is a space
-    etag = obj.get("eTag") or obj.get("etag")
-    if etag is not None and not isinstance(etag, str):
-        raise NotificationError(f"{where}.s3.object.eTag: expected a string")
+    key = _key(unquote_plus(raw_key, errors="strict"), f"{where}.s3.object.key")  # form-encoded: '+' is a space
+    etag = _opt_str(obj.get("eTag") or obj.get("etag"), f"{where}.s3.object.eTag")
     return ObjectEvent(
         kind=kind, bucket=bucket, key=key, etag=(etag.strip('"') or None) if etag else None,
         size=_opt_int(obj.get("size"), f"{where}.s3.object.size"),
-        sequencer=obj.get("sequencer") or None, event_time=_time(rec.get("eventTime"), where),
-        version_id=obj.get("versionId") or None, name=name,
+        sequencer=_opt_str(obj.get("sequencer"), f"{where}.s3.object.sequencer"),
+        event_time=_time(rec.get("eventTime"), where),
+        version_id=_opt_str(obj.get("versionId"), f"{where}.s3.object.versionId"), name=name,
     )
 
 
@@ -155,7 +187,7 @@ def parse_s3_event(doc: Any) -> list[ObjectEvent]:
     """Events of an S3 event document (AWS S3, MinIO webhook target, SNS envelope). A test event gives []."""
     d = _mapping(_loads(doc), "document")
     if d.get("Type") == "Notification" and isinstance(d.get("Message"), str):  # SNS delivers the JSON as a string
-        return parse_s3_event(d["Message"])
+        d = _mapping(_loads(d["Message"]), "Message")  # one envelope: SNS does not nest them
     if d.get("Event") == "s3:TestEvent":
         return []
     if "Records" not in d:
@@ -194,7 +226,9 @@ def _split_path(path: str, buckets_dir: str) -> Optional[tuple[str, str]]:
     bucket, _, key = path[len(base):].partition("/")
     if not bucket or not key or key.startswith(".uploads/") or key == ".uploads":
         return None
-    return bucket, key
+    if len(bucket) > MAX_NAME_CHARS:
+        raise NotificationError(f"key: bucket name over {MAX_NAME_CHARS} characters")
+    return bucket, _key(key, "key")
 
 
 def _entry_size(entry: dict) -> Optional[int]:
@@ -205,7 +239,12 @@ def _entry_size(entry: dict) -> Optional[int]:
 def _entry_time(entry: dict) -> Optional[datetime]:
     attrs = entry.get("attributes") or {}
     mtime = attrs.get("mtime") if isinstance(attrs, dict) else None
-    return datetime.fromtimestamp(int(mtime), timezone.utc) if isinstance(mtime, (int, float)) and mtime else None
+    if isinstance(mtime, bool) or not isinstance(mtime, (int, float)) or not mtime:
+        return None
+    try:
+        return datetime.fromtimestamp(int(mtime), timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise NotificationError(f"attributes.mtime: {str(mtime)[:40]} is not a time") from None
 
 
 def _entry_s3_etag(entry: dict) -> Optional[str]:
@@ -255,6 +294,8 @@ def parse_seaweed_filer(doc: Any, buckets_dir: str = SEAWEED_BUCKETS_DIR) -> lis
         new_path = path
         if etype == "rename":
             parent = msg.get("new_parent_path") or path.rsplit("/", 1)[0]
+            if not isinstance(parent, str):
+                raise NotificationError("message.new_parent_path: expected a string")
             new_path = parent.rstrip("/") + "/" + _str(new.get("name"), "message.new_entry.name")
         where = _split_path(new_path, buckets_dir)
         if where:

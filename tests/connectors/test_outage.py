@@ -31,7 +31,7 @@ def outage_db(session_tag: str) -> Iterator[str]:
     from services.migrate import upgrade
 
     try:
-        stack.start_postgres(CLUSTER, PORT, durable=True)  # a crash loses no acknowledged commit
+        stack.start_postgres(PORT, stack.STACK / CLUSTER, durable=True)  # a crash loses no acknowledged commit
     except stack.StackError as exc:
         pytest.fail(f"cannot start a PostgreSQL cluster of the test's own: {exc}", pytrace=False)
     name = f"o_{session_tag}"
@@ -46,7 +46,7 @@ def outage_db(session_tag: str) -> Iterator[str]:
     yield url
     dispose_all()
     admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    stack.stop_postgres(CLUSTER)  # the port is free for the next run, from whatever checkout
+    stack.stop_postgres(stack.STACK / CLUSTER)  # the port is free for the next run, from whatever checkout
 
 
 def test_the_dispatcher_rides_out_a_postgresql_crash(outage_db: str, tmp_path: Path):
@@ -58,7 +58,7 @@ def test_the_dispatcher_rides_out_a_postgresql_crash(outage_db: str, tmp_path: P
         with watching_dispatcher(outage_db, tmp_path, dispatch_interval_seconds="0.2", reconcile_interval_seconds="1",
                                  delivery_lease_seconds="10") as (proc, log):
             wait_for(lambda: len(rx.hits) >= 50 or proc.poll() is not None, 60, "deliveries to begin")
-            stack.restart(CLUSTER, down_for=3.0)  # mid-delivery: claims, records and fan-out all fail a while
+            stack.restart_postgres(stack.STACK / CLUSTER, PORT, down_for=3.0, durable=True)  # mid-delivery: claims, records and fan-out all fail a while
             assert proc.poll() is None, log.read_text()
             later = emit_n(outage_db, 20)
 

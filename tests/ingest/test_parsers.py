@@ -146,7 +146,8 @@ def test_malformed_seaweedfs_documents_say_why(mutate, reason):
         parse_seaweed_filer(json.dumps(d))
 
 
-KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40)
+KEY_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                   max_size=40)  # NUL: S3 keys cannot hold it, the parsers refuse it
 
 
 @given(KEY_TEXT)

@@ -29,7 +29,7 @@ CASES = [
     ("<|ref|>a<|/ref|><|det|>[[1, 2, 3, 1000]]<|/det|>", "out_of_range", [("a", [])]),
     ("<|ref|>a<|/ref|><|det|>[[-1, 2, 3, 4], [1, 2, 3, 4]]<|/det|>", "out_of_range", [("a", [(1, 2, 3, 4)])]),
     ("<|ref|>a<|/ref|><|det|>[[1, 2, 3]]<|/det|>", "wrong_arity", [("a", [])]),
-    ("<|ref|>a<|/ref|><|det|>[[1, 2, 3, 4, 5], [9, 9, 9, 9]]<|/det|>", "wrong_arity", [("a", [(9, 9, 9, 9)])]),
+    ("<|ref|>a<|/ref|><|det|>[[1, 2, 3, 4, 5], [9, 9, 19, 19]]<|/det|>", "wrong_arity", [("a", [(9, 9, 19, 19)])]),
     ("<|ref|>a<|/ref|><|det|>[[1.5, 2, 3, 4]]<|/det|>", "malformed", [("a", [])]),
     ("<|ref|>a<|/ref|><|det|>__import__('os')<|/det|>", "malformed", [("a", [])]),
     ("<|ref|>a<|/ref|><|det|>[[1, 2, 3, 4]] and more<|/det|>", "malformed", [("a", [(1, 2, 3, 4)])]),
@@ -82,7 +82,7 @@ def test_prompts() -> None:
 
 # ---- properties -------------------------------------------------------------------------------------------
 coord = st.integers(0, 999)
-box = st.tuples(coord, coord, coord, coord)
+box = st.tuples(coord, coord, coord, coord).filter(lambda b: b[0] != b[2] and b[1] != b[3])  # zero area: refused
 phrase = st.text(st.characters(blacklist_characters="<>|[]", blacklist_categories=("Cs",)), min_size=1,
                  max_size=20).filter(lambda s: s.strip() != "")
 sep = st.sampled_from([", ", ",", " , "])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -13,9 +11,9 @@ from typing import Callable, Iterator
 import pytest
 import yaml
 
-from tests.waiting import wait_for
+from tests.processes import ROOT, Proc
+from tests.waiting import wait_for  # noqa: F401 - imported from here by the pipeline tests
 
-ROOT = Path(__file__).resolve().parents[2]
 VLWATCH = [sys.executable, "-m", "services"]
 
 CONFIG = {
@@ -89,35 +87,12 @@ def send_job(celery_app):  # noqa: ANN001, ANN201
     return sender_for(celery_app)
 
 
-class WorkerProcess:
-    """``vlwatch worker`` in its own process, with its log in a file."""
+class WorkerProcess(Proc):
+    """``vlwatch worker`` (solo pool) in its own process, with its log in a file; ready when Celery says so."""
 
     def __init__(self, env: dict[str, str], log: Path, queues: str = "cpu") -> None:
-        self.log = log
-        self._fh = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [*VLWATCH, "worker", "--queues", queues, "--pool", "solo", "--loglevel", "INFO"],
-            env=env, cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        wait_for(self._ready, 60, f"worker ready (log {log})")
-
-    def _ready(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-        return " ready." in self.log.read_text()
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._fh.close()
+        super().__init__(["worker", "--queues", queues, "--pool", "solo", "--loglevel", "INFO"], env, log,
+                         ready=" ready.")
 
 
 @pytest.fixture
