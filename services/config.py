@@ -40,7 +40,7 @@ from datetime import time, timezone, tzinfo
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.config_checks import SEVERITIES, CheckConfig, VL2Settings, check_severity, checks_field
+from services.config_checks import CheckConfig, VL2Settings, check_severity, checks_field
 
 # model.registry.ANALYZER_NAMES, without importing model.registry (it would import the engines)
 ANALYZERS = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")

@@ -45,7 +45,7 @@ class Backoff:
 
     def ok(self) -> None:
         if self.failures:
-            log.warning("%s works again after %.0fs and %d failed tries", self.name,
+            log.warning("%s recovered: works again after %.0fs and %d failed tries", self.name,
                         time.monotonic() - self._since, self.failures)
             self.failures = 0
 

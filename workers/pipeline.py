@@ -180,11 +180,11 @@ def fetch(rt: Runtime, work: list[Work]) -> None:
             w.fail("bad_key", f"object {w.key!r} refused by the store: {exc}")
         w.timings["fetch"] = time.perf_counter() - t
 
-    live = live(work)
-    if len(live) == 1:
-        get(live[0])
+    todo = live(work)
+    if len(todo) == 1:
+        get(todo[0])
     else:
-        list(rt.fetch_pool().map(get, live))
+        list(rt.fetch_pool().map(get, todo))
 
 
 def decode(rt: Runtime, work: list[Work]) -> None:

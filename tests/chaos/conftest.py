@@ -81,6 +81,7 @@ def chaos_env(servers: PrivateServers, tmp_path: Path) -> Iterator[ChaosEnv]:
         "VLWATCH_S3_SECRET_KEY": S3_SECRET_KEY, "VLWATCH_BUCKET": name.replace("_", "-"),
         "VLWATCH_CONFIG": str(cfg), "VLWATCH_DATA_DIR": str(tmp_path / "data"), "VLWATCH_LEASE_SECONDS": str(LEASE),
         "VLWATCH_WEBHOOK_RETRY_SCHEDULE": "0.5,1,2,4,8,16,32", "VLWATCH_WORKER_MAX_MEMORY_MB": "2048",
+        "VLWATCH_OUTBOUND_ALLOW": "127.0.0.1/32",  # the test's webhook receiver is on loopback
         "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
     })
     ce = ChaosEnv(env, db_url, env["VLWATCH_BUCKET"], servers, tmp_path)

@@ -94,9 +94,8 @@ def _kill_a_pool_process_mid_job(db_url: str, worker) -> bool:  # noqa: ANN001
 
 
 def test_faults_mid_run_lose_and_duplicate_nothing(chaos_env, start):
-    from connectors.outbox import add_subscription
-    from connectors.receiver import WebhookReceiver
-    from connectors.webhooks import new_secret
+    from connectors.webhooks import add_subscription, new_secret
+    from services.cli.receiver import WebhookReceiver
 
     db_url, servers, store = chaos_env.db_url, chaos_env.servers, chaos_env.store()
     rx_port, secret = free_ports(1)[0], new_secret()
