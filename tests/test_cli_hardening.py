@@ -56,10 +56,10 @@ def test_unreachable_database_names_what_to_check_without_its_password(tmp_path:
 def test_config_errors_do_not_show_passwords(tmp_path: Path) -> None:
     cfg = tmp_path / "vlwatch.yaml"
     cfg.write_text('connectors: {stock: {kind: inventory, url: "inv:hunter2@db/inventory"}}\n')
-    out = _clean_error(vlwatch(tmp_path, "jobs", VLWATCH_CONFIG=str(cfg)), "connectors.stock.url", "inv:***@db")
+    out = _clean_error(vlwatch(tmp_path, "connectors", "check", VLWATCH_CONFIG=str(cfg)), "connectors.stock.url")
     assert "hunter2" not in out
     cfg.write_text('webhooks: [{name: a, url: "ftp://u:hunter2@hooks.example/in"}]\n')
-    out = _clean_error(vlwatch(tmp_path, "jobs", VLWATCH_CONFIG=str(cfg)), "webhooks[0].url")
+    out = _clean_error(vlwatch(tmp_path, "connectors", "check", VLWATCH_CONFIG=str(cfg)), "webhooks[0].url")
     assert "hunter2" not in out
 
 

@@ -42,6 +42,9 @@ class BarcodeAnalyzer:
         except ImportError as e:  # pragma: no cover - a declared dependency
             raise AnalyzerUnavailable(f"barcode: zxing-cpp is not installed ({e}); pip install zxing-cpp") from e
         self._zx = zxingcpp
+        if scene_pass:  # OpenCV is loaded with the engine, not at the first scene: a worker caps its address space
+            import cv2  # noqa: F401  after start-up (workers.limits), and a library mapped under the cap can crash
+
         self.settings = {"formats": "all", "try_rotate": try_rotate, "try_downscale": try_downscale,
                          "try_invert": try_invert, "scene_pass": scene_pass}
         self._lineage = Lineage(analyzer=self.name, engine=ENGINE, version=_engine_version(),
