@@ -61,10 +61,16 @@ def _loads(doc: Any) -> Any:
             raise NotificationError("body is not UTF-8") from None
     if isinstance(doc, str):
         try:
-            return json.loads(doc)
+            return json.loads(doc, parse_constant=_no_constant)
         except json.JSONDecodeError as exc:
             raise NotificationError(f"body is not JSON: {exc}") from None
+        except RecursionError:
+            raise NotificationError("body is nested too deeply") from None
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise NotificationError(f"body is not JSON: {name} is not a JSON number")
 
 
 def _time(value: Any, where: str) -> Optional[datetime]:
