@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     vl2_gpu_memory: Optional[str] = None  # per GPU: weights + KV pool + activations ("10GiB"; `vlwatch model plan`)
     vl2_max_batch: int = Field(64, ge=1, le=1024)  # prompts decoded together at most
     vl2_exact_pixels: bool = False  # the official pixel path, bit for bit, instead of the fast one (same token ids)
+    # The bucket-notification listener (`vlwatch listen`, services/ingest/listener.py): a request's line, headers
+    # and body must all arrive within the timeout (an idle keep-alive connection is closed after as long); at
+    # most max_connections are served at once (one more is answered 503); a longer body is refused unread (413).
+    notify_timeout_seconds: float = Field(5.0, gt=0)
+    notify_max_connections: int = Field(32, ge=1)
+    notify_max_body_bytes: int = Field(8 * 1024 * 1024, ge=1)
 
     @field_validator("webhook_retry_schedule", mode="before")
     @classmethod

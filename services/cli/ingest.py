@@ -69,6 +69,7 @@ def listen(ctx: Ctx, host: str, port: int, token: Optional[str], no_auth: bool, 
     on the same port."""
     import signal
 
+    from services.ingest.http_guard import Limits
     from services.ingest.listener import consume_minio_redis, serve
 
     store, send = ctx.store(), ctx.send_job()
@@ -80,7 +81,8 @@ def listen(ctx: Ctx, host: str, port: int, token: Optional[str], no_auth: bool, 
             store=store, send_job=send, stop_event=stop)).start()
     try:
         serve(ctx.db_url, ctx.config, store, send, host=host, port=port, token=token, stop_event=stop,
-              on_ready=lambda url: click.echo(f"listening for bucket notifications on {url}"), no_auth=no_auth)
+              on_ready=lambda url: click.echo(f"listening for bucket notifications on {url}"), no_auth=no_auth,
+              limits=Limits.from_settings(ctx.settings))
     except KeyboardInterrupt:
         stop.set()
 

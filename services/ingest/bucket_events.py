@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
@@ -45,6 +46,9 @@ class NotificationError(ValueError):
     """A notification document that cannot be read; the message says why."""
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")  # the only str characters that UTF-8 cannot encode
+
+
 @dataclass(frozen=True)
 class ObjectEvent:
     kind: Kind
@@ -56,6 +60,23 @@ class ObjectEvent:
     event_time: Optional[datetime] = None
     version_id: Optional[str] = None
     name: str = ""  # the producer's event name, e.g. "s3:ObjectCreated:Put" or "seaweedfs:create"
+
+    def __post_init__(self) -> None:
+        """The last check of every event, whoever built it: text is UTF-8 (JSON's ``"\\ud800"`` escapes carry
+        lone surrogates that no store or database takes), a size fits a BIGINT. The parsers check each value
+        where it is read and name its place in the document; this only says which field."""
+        texts = {"bucket": self.bucket, "key": self.key, "name": self.name, "etag": self.etag,
+                 "sequencer": self.sequencer, "version_id": self.version_id}
+        for field_name, value in texts.items():
+            if value is None and field_name in ("etag", "sequencer", "version_id"):
+                continue
+            if not isinstance(value, str) or _SURROGATE.search(value):
+                raise NotificationError(f"{field_name}: expected UTF-8 text, got {value!r:.60}")
+        size = self.size
+        if size is not None and (type(size) is not int or not 0 <= size < 2**63):
+            raise NotificationError(f"size: expected a byte count, got {size!r:.40}")
+        if self.event_time is not None and not isinstance(self.event_time, datetime):
+            raise NotificationError(f"event_time: expected a time, got {self.event_time!r:.40}")
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

@@ -131,21 +131,26 @@ def ingest_events(
     return counts
 
 
+def parse_document(fmt: str, doc: Any, buckets_dir: str = SEAWEED_BUCKETS_DIR) -> Sequence[ObjectEvent]:
+    """The events of one document of format ``fmt`` (s3, seaweedfs, minio-redis-access, minio-redis-namespace).
+
+    Pure: it reads nothing but ``doc``, so whatever it raises is about the document and raises again on a retry.
+    """
+    if fmt == "s3":
+        return parse_s3_event(doc)
+    if fmt == "seaweedfs":
+        return parse_seaweed_filer(doc, buckets_dir)
+    if fmt == "minio-redis-access":
+        return parse_minio_redis(doc, "access")
+    if fmt == "minio-redis-namespace":
+        return parse_minio_redis(doc, "namespace")
+    raise NotificationError(f"unknown format {fmt!r}")
+
+
 def ingest_document(
     db_url: str, config: AppConfig, store: ObjectStore, fmt: str, doc: Any, send_job: SendJob,
     verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR,
 ) -> IngestCounts:
-    """Parse one document of format ``fmt`` (s3, seaweedfs, minio-redis-access, minio-redis-namespace), ingest."""
-    events: Sequence[ObjectEvent]
-    if fmt == "s3":
-        events = parse_s3_event(doc)
-    elif fmt == "seaweedfs":
-        events = parse_seaweed_filer(doc, buckets_dir)
-    elif fmt == "minio-redis-access":
-        events = parse_minio_redis(doc, "access")
-    elif fmt == "minio-redis-namespace":
-        events = parse_minio_redis(doc, "namespace")
-    else:
-        raise NotificationError(f"unknown format {fmt!r}")
+    """Parse one document of format ``fmt`` (see ``parse_document``) and ingest its events."""
+    events = parse_document(fmt, doc, buckets_dir)
     return ingest_events(db_url, config, store, events, send_job, verify=verify)
-

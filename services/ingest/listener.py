@@ -1,6 +1,6 @@
 """Receivers for bucket notifications: a small HTTP server and a MinIO Redis-target consumer.
 
-HTTP (stdlib ``ThreadingHTTPServer``, loopback by default):
+HTTP (stdlib ``ThreadingHTTPServer`` within the limits below, loopback by default):
 
 - ``POST /events/s3``: S3 event JSON, MinIO's webhook target
   (``MINIO_NOTIFY_WEBHOOK_ENDPOINT_<ID>=http://host:port/events/s3``, ``..._AUTH_TOKEN_<ID>`` for the token).
@@ -34,9 +34,21 @@ Wiring the producers (``vlwatch`` listening on 127.0.0.1:8471 with token ``T``):
     path_prefixes = ["/buckets/BUCKET/"]   # optional: only the watched bucket
 
 A POST is registered before it is answered (a few milliseconds: one SQL round trip, one stat per new key), so
-a 200 means the job exists: 400 says why a document is malformed (the sender should not retry it); 401 is a
-missing or wrong bearer token, 403 a token without the right to register; 503 means PostgreSQL or the store is unreachable, and the sender retries (both
-MinIO and the SeaweedFS filer retry non-2xx answers). The answer body is the counts as JSON.
+a 200 means the job exists. The answer body is the counts as JSON, or ``{"error": reason}``:
+
+- 400: the document cannot be read (not strict JSON, nested too deeply, wrong types, out-of-range numbers or
+  times: anything the pure parser raises) or its framing is wrong (a Content-Length that is not a byte count
+  or that the body does not fill in time); a retry would fail the same way. 411: no Content-Length (chunked);
+  413: a body over ``VLWATCH_NOTIFY_MAX_BODY_BYTES`` (default 8 MiB), refused unread.
+- 401 (missing or wrong bearer token) and 403 (a token without the right to register) are answered from the
+  headers, before any of the body is read, and close the connection.
+- 503: PostgreSQL or the store is unreachable (or, with 32 connections already being served, the listener is
+  busy); the sender retries (MinIO and the SeaweedFS filer retry non-2xx answers) and the listener, which keeps
+  running, takes the document once they are back. 500 is left for faults of the listener itself.
+
+Limits (settings; how they work: ``services.ingest.http_guard``): ``VLWATCH_NOTIFY_TIMEOUT_SECONDS`` (default
+5): a request's line, headers and body must all arrive within it, and an idle keep-alive connection is closed
+after as long; ``VLWATCH_NOTIFY_MAX_CONNECTIONS`` (default 32): connections served at once, a thread each.
 
 Redis: ``consume_minio_redis`` reads MinIO's Redis target. ``access`` format (a list, RPUSH): entries are moved
 atomically to ``<key>:processing`` (BLMOVE) and removed from there only after they are registered, so a crash
@@ -49,21 +61,20 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from services import metrics
 from services.config import AppConfig
 from services.ingest.register import SendJob
-from services.ingest.bucket_events import SEAWEED_BUCKETS_DIR, NotificationError, parse_minio_redis
-from services.ingest.event_ingest import IngestCounts, ingest_document, ingest_events
+from services.ingest.bucket_events import SEAWEED_BUCKETS_DIR, NotificationError, ObjectEvent, parse_minio_redis
+from services.ingest.event_ingest import IngestCounts, ingest_document, ingest_events, parse_document
+from services.ingest.http_guard import GuardedHandler, GuardedServer, Limits, Refused
 from services.storage import StorageUnavailable
 from services.tokens import Authenticator
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8471
-MAX_BODY = 8 * 1024 * 1024
 ROUTES = {"/events/s3": "s3", "/events/seaweedfs": "seaweedfs"}
 
 
@@ -76,60 +87,60 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
-class NotifyServer(ThreadingHTTPServer):
+class NotifyServer(GuardedServer):
     """The HTTP receiver; ``serve_forever`` in a thread, ``shutdown`` to stop."""
 
-    daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, db_url: str, config: AppConfig, store, send_job: SendJob,  # noqa: ANN001
                  host: str = "127.0.0.1", port: int = DEFAULT_PORT, token: Optional[str] = None,
-                 verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR, no_auth: bool = False) -> None:
+                 verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR, no_auth: bool = False,
+                 limits: Limits = Limits()) -> None:
         self.db_url, self.config, self.store, self.send_job = db_url, config, store, send_job
         self.auth = Authenticator(db_url, no_auth=no_auth, static_token=token)
         self.verify, self.buckets_dir = verify, buckets_dir
         self.totals = IngestCounts()
         self._lock = threading.Lock()
-        super().__init__((host, port), _Handler)
+        super().__init__((host, port), _Handler, limits)
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}"
 
-    def refusal(self, header: Optional[str]) -> Optional[tuple[int, str]]:
-        """None when the ``Authorization`` header may register objects, else (status, reason)."""
+    def check_access(self, header: Optional[str]) -> None:
+        """Return when the ``Authorization`` header may register objects; ``Refused`` (401, 403) otherwise.
+        An API token is looked up in the database: unreachable, that raises as registering would (503)."""
         who = self.auth.principal(header)
         if who is None:
-            return 401, "missing or wrong bearer token"
+            raise Refused(401, "missing or wrong bearer token")
         if not who.can_upload or who.sources is not None:
-            return 403, f"token {who.name!r} may not register objects (needs --upload and every source)"
-        return None
+            raise Refused(403, f"token {who.name!r} may not register objects (needs --upload and every source)")
 
-    def handle_document(self, fmt: str, body: bytes) -> IngestCounts:
-        counts = ingest_document(self.db_url, self.config, self.store, fmt, body, self.send_job,
-                                 verify=self.verify, buckets_dir=self.buckets_dir)
+    def register(self, events: Sequence[ObjectEvent]) -> IngestCounts:
+        counts = ingest_events(self.db_url, self.config, self.store, events, self.send_job, verify=self.verify)
         with self._lock:
             self.totals.add(counts)
         return counts
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server: NotifyServer
-    protocol_version = "HTTP/1.1"
     wbufsize = 64 * 1024  # headers and body leave in one segment (flushed after each request) ...
     disable_nagle_algorithm = True  # ... and at once: no 40 ms delayed-ACK stall on keep-alive connections
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s " + format, self.address_string(), *args)
 
-    def _answer(self, status: int, payload: dict, head: bool = False) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json", head)
+    def _answer(self, status: int, payload: dict, head: bool = False, close: bool = False) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", head, close)
 
-    def _send(self, status: int, body: bytes, content_type: str, head: bool = False) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, head: bool = False, close: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")  # also ends the connection after this answer
         self.end_headers()
         if not head:
             self.wfile.write(body)
@@ -151,64 +162,64 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(200 if path in ROUTES or path == "/healthz" else 404, {}, head=True)
 
     def do_POST(self) -> None:  # noqa: N802
+        """Headers first (path, token, length), then the body, then the document: see the module docstring."""
         path = self._path()
         fmt = ROUTES.get(path)
-        length = int(self.headers.get("Content-Length") or 0)
-        if fmt is None:
-            self._drain(length)
-            self._answer(404, {"error": f"no such endpoint {path} (known: {', '.join(ROUTES)})"})
-            return
-        refused = self.server.refusal(self.headers.get("Authorization"))
-        if refused is not None:
-            self._drain(length)
-            metrics.NOTIFICATIONS.labels(outcome="refused").inc()
-            self._answer(refused[0], {"error": refused[1]})
-            return
-        if length <= 0:
-            self._answer(400, {"error": "empty body (a JSON event document is expected)"})
-            return
-        if length > MAX_BODY:
-            self.close_connection = True
-            self._answer(413, {"error": f"body of {length} bytes exceeds {MAX_BODY}"})
-            return
-        body = self.rfile.read(length)
         try:
-            counts = self.server.handle_document(fmt, body)
-        except NotificationError as exc:
-            log.warning("rejected %s notification: %s", fmt, exc)
-            metrics.NOTIFICATIONS.labels(outcome="malformed").inc()
-            self._answer(400, {"error": str(exc)})
+            if fmt is None:
+                raise Refused(404, f"no such endpoint {path} (known: {', '.join(ROUTES)})")
+            self.server.check_access(self.headers.get("Authorization"))
+            body = self.read_body(self.content_length())
+            if not body:
+                raise Refused(400, "empty body (a JSON event document is expected)")
+        except Refused as exc:  # answered from the headers (or a body cut short): the connection is closed
+            if exc.status != 404:
+                metrics.NOTIFICATIONS.labels(outcome="refused" if exc.status in (401, 403) else "malformed").inc()
+            self._answer(exc.status, {"error": exc.reason}, close=True)
             return
+        except OSError:
+            raise  # the client went away while its body was read: nobody to answer
+        except Exception as exc:  # noqa: BLE001 - the token lookup: the database is down (503) or a fault (500)
+            self._failed(fmt or "?", exc, close=True)
+            return
+        try:
+            events = parse_document(fmt, body, self.server.buckets_dir)
+        except Exception as exc:  # noqa: BLE001 - the parser is pure: whatever it raises, a retry raises again
+            log.warning("rejected %s notification: %s", fmt, exc, exc_info=not isinstance(exc, NotificationError))
+            metrics.NOTIFICATIONS.labels(outcome="malformed").inc()
+            reason = str(exc) if isinstance(exc, NotificationError) else f"unreadable document: {type(exc).__name__}"
+            self._answer(400, {"error": reason})
+            return
+        try:
+            counts = self.server.register(events)
         except Exception as exc:  # noqa: BLE001 - the server keeps going; the sender retries on 5xx
-            metrics.NOTIFICATIONS.labels(outcome="error").inc()
-            if _transient(exc):
-                log.warning("cannot register %s notification now (%s); the sender will retry", fmt, exc)
-                self._answer(503, {"error": f"temporarily unavailable: {type(exc).__name__}"})
-            else:
-                log.exception("failed to ingest %s notification", fmt)
-                self._answer(500, {"error": f"internal error: {type(exc).__name__}"})
+            self._failed(fmt, exc)
             return
         metrics.NOTIFICATIONS.labels(outcome="registered").inc()
         self._answer(200, counts.as_dict())
 
-    def _drain(self, length: int) -> None:
-        if 0 < length <= MAX_BODY:
-            self.rfile.read(length)
-        elif length:
-            self.close_connection = True
+    def _failed(self, fmt: str, exc: Exception, close: bool = False) -> None:
+        """503 when the database or the store is unreachable (the sender retries), else 500."""
+        metrics.NOTIFICATIONS.labels(outcome="error").inc()
+        if _transient(exc):
+            log.warning("cannot register %s notification now (%s); the sender will retry", fmt, exc)
+            self._answer(503, {"error": f"temporarily unavailable: {type(exc).__name__}"}, close=close)
+        else:
+            log.exception("failed to ingest %s notification", fmt)
+            self._answer(500, {"error": f"internal error: {type(exc).__name__}"}, close=close)
 
 
 def serve(
     db_url: str, config: AppConfig, store, send_job: SendJob, host: str = "127.0.0.1",  # noqa: ANN001
     port: int = DEFAULT_PORT, token: Optional[str] = None, stop_event: Optional[threading.Event] = None,
     verify: bool = True, buckets_dir: str = SEAWEED_BUCKETS_DIR,
-    on_ready: Optional[Callable[[str], None]] = None, no_auth: bool = False,
+    on_ready: Optional[Callable[[str], None]] = None, no_auth: bool = False, limits: Limits = Limits(),
 ) -> IngestCounts:
     """Run the HTTP receiver until ``stop_event`` is set (forever if None); returns the totals.
 
     ``port=0`` picks a free port; ``on_ready(url)`` is called once the socket listens.
     """
-    server = NotifyServer(db_url, config, store, send_job, host, port, token, verify, buckets_dir, no_auth)
+    server = NotifyServer(db_url, config, store, send_job, host, port, token, verify, buckets_dir, no_auth, limits)
     log.info("listening for bucket notifications on %s (/events/s3, /events/seaweedfs)", server.url)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                               name="notify-http")

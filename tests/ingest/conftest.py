@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from services.config import AppConfig, parse_config
 from services.db import session_scope
+from services.ingest.http_guard import Limits
 from services.ingest.listener import NotifyServer
 from services.schema import Image, Job
 from services.storage import S3Store
@@ -79,11 +80,13 @@ def jobs(db_url: str) -> Callable[[], list[tuple[str, str, str, bool]]]:
 def receiver(db_url: str, notify_config: AppConfig, store: S3Store,
              sender) -> Iterator[Callable[..., NotifyServer]]:  # noqa: ANN001
     """Start the HTTP receiver on a free loopback port, with a static token or else ``--no-auth``; stopped after
-    the test."""
+    the test. ``db`` and ``objects`` stand in for the test's database and store, ``limits`` for the defaults."""
     started: list[tuple[NotifyServer, threading.Thread]] = []
 
-    def start(token: str | None = None, db: str | None = None) -> NotifyServer:
-        srv = NotifyServer(db or db_url, notify_config, store, sender, "127.0.0.1", 0, token, no_auth=token is None)
+    def start(token: str | None = None, db: str | None = None, objects: S3Store | None = None,
+              limits: Limits = Limits()) -> NotifyServer:
+        srv = NotifyServer(db or db_url, notify_config, objects or store, sender, "127.0.0.1", 0, token,
+                           no_auth=token is None, limits=limits)
         t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         t.start()
         started.append((srv, t))
