@@ -109,14 +109,15 @@ def write_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -
 
     given = set().union(*(r.keys() for r in rows))
     columns = [c for c in table.columns if c.name in given or (c.default is not None and c.default.is_callable)]
-    encode = {c.name for c in columns if isinstance(c.type, JSON)}
+    names = [c.name for c in columns]
+    encode = [c.name for c in columns if isinstance(c.type, JSON)]
     filled = {c.name: c.default.arg(None) for c in columns if c.name not in given}  # once for the batch
-    names = ", ".join(conn.dialect.identifier_preparer.quote(c.name) for c in columns)
+    quoted = ", ".join(conn.dialect.identifier_preparer.quote(name) for name in names)
     with conn.connection.driver_connection.cursor() as cur, \
-            cur.copy(f"COPY {conn.dialect.identifier_preparer.format_table(table)} ({names}) FROM STDIN") as copy:
+            cur.copy(f"COPY {conn.dialect.identifier_preparer.format_table(table)} ({quoted}) FROM STDIN") as copy:
         for row in rows:
-            values = []
-            for c in columns:
-                v = row[c.name] if c.name in row else filled.get(c.name)
-                values.append(json.dumps(v) if c.name in encode and v is not None else v)
-            copy.write_row(values)
+            full = filled | row
+            for name in encode:
+                if full.get(name) is not None:
+                    full[name] = json.dumps(full[name])
+            copy.write_row([full.get(name) for name in names])

@@ -3,7 +3,8 @@ rows (replacing those of an earlier attempt), its answers to checks (with the bo
 ``objects.answer_id``), the image's facts, the job's final status with timings and lineage, its ``job.succeeded``
 / ``job.failed`` outbox event and a ``check.failed`` event per answer whose expectation did not hold. Nothing is
 announced that is not committed, and a job whose lease was taken over writes nothing ("lost": the other worker's
-run counts).
+run counts). What needs no database (digests, result rows as payload and as table rows, answers, lineage) is
+made before the transaction opens, so the jobs' row locks are held for the writes only.
 
 Capture time: stored in UTC. EXIF's own offset (OffsetTimeOriginal) wins; a camera that wrote none is read in its
 source's configured time zone (``sources.NAME.timezone``), else UTC (``model.decode.CaptureTime.in_utc``).
@@ -36,7 +37,21 @@ class _Answer:
     row: dict[str, Any]
     payload: dict[str, Any]
     objects: list[tuple[dict[str, Any], dict[str, Any]]]
-    event: dict[str, Any]  # the image and job parts of a check.failed payload
+
+
+@dataclass
+class _Prepared:
+    """What a job's commit needs that the database does not give, made before the transaction opens."""
+
+    work: Work
+    sha256: Optional[str]  # of the bytes read
+    timings: dict[str, float]
+    # for a job that succeeded: its result rows by kind (the payload's ``results``, boxes of grounded answers
+    # included), the same rows with ``job_id`` and ``image_id`` for the tables, its answers and its lineage
+    found: dict[str, list[dict[str, Any]]]
+    rows: dict[str, list[dict[str, Any]]]
+    answers: list[_Answer]
+    lineage: Optional[list[dict[str, Any]]]
 
 
 def _utc_zone(source: Optional[str]) -> tzinfo:
@@ -48,9 +63,7 @@ def commit(db_url: str, owner: str, work: list[Work],
     """Write the outcome of every job of ``work`` still leased to ``owner``; see the module's text.
     ``source_zone(source name)`` is the zone of a source's camera clock (``AppConfig.source_zone``)."""
     outcomes: list[Outcome] = []
-    # What needs no database is done before the transaction opens: digests and the result rows.
-    digests = {w.job_id: hashlib.sha256(w.data).hexdigest() for w in work if w.data}
-    rows_of = {w.job_id: _result_rows(w) for w in work if w.failure is None}
+    prepared = [_prepare(w) for w in work]
     with session_scope(db_url) as s:
         jobs = {r.id: r for r in s.execute(
             select(Job.id, Job.status, Job.lease_owner, Job.profile, Job.attempts, Image.id.label("image_id"),
@@ -59,32 +72,31 @@ def commit(db_url: str, owner: str, work: list[Work],
             .join(Image, Image.id == Job.image_id).outerjoin(Source, Source.id == Image.source_id)
             .where(Job.id.in_([w.job_id for w in work])).with_for_update(of=Job))}
         mine = []
-        for w in work:
-            job = jobs[w.job_id]
+        for p in prepared:
+            job = jobs[p.work.job_id]
             if job.status == JobStatus.running.value and job.lease_owner == owner:
-                mine.append(w)
+                mine.append(p)
             else:
-                log.warning("job %s: lease lost to %s; results discarded", w.job_id, job.lease_owner)
-                outcomes.append(Outcome(w.job_id, "lost"))
+                log.warning("job %s: lease lost to %s; results discarded", job.id, job.lease_owner)
+                outcomes.append(Outcome(job.id, "lost"))
         if not mine:
             return outcomes
         # A job's first attempt has no results (they are only written under a claim, and a claim counts an
         # attempt): only re-runs delete, so a re-run replaces its rows and never duplicates them.
-        rerun = [w.job_id for w in mine if jobs[w.job_id].attempts > 1]
+        rerun = [p.work.job_id for p in mine if jobs[p.work.job_id].attempts > 1]
         for table in [*RESULT_TABLES.values(), AnswerRow] if rerun else ():  # objects first: they name answers
             s.execute(delete(table).where(table.job_id.in_(rerun)))
         results: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        job_rows, image_rows, events, answers = [], [], [], []
+        job_rows, image_rows, events, answers, checks_failed = [], [], [], [], []
         now = utcnow()
-        for w in mine:
-            job = jobs[w.job_id]
-            timings = {k: round(v, 6) for k, v in w.timings.items()}
-            image_row: dict[str, Any] = {"id": job.image_id, "sha256": digests.get(w.job_id, job.sha256)}
+        for p in mine:
+            w, job = p.work, jobs[p.work.job_id]
+            image_row: dict[str, Any] = {"id": job.image_id, "sha256": p.sha256 or job.sha256}
             image = {"id": job.image_id, "bucket": job.bucket, "key": job.key, "etag": job.etag,
                      "source": job.source, "width": None, "height": None, "sha256": image_row["sha256"],
                      "captured_at": None, "uploaded_at": iso(job.uploaded_at)}
             job_row: dict[str, Any] = {"id": job.id, "lease_owner": None, "lease_expires_at": None,
-                                       "finished_at": now, "timings": timings}
+                                       "finished_at": now, "timings": p.timings}
             job_data = {"id": job.id, "profile": job.profile, "attempts": job.attempts}
             if w.failure is not None:
                 log.warning("job %s failed: %s", w.job_id, w.failure)
@@ -97,20 +109,16 @@ def commit(db_url: str, owner: str, work: list[Work],
                 captured = d.capture_time.in_utc(source_zone(job.source)) if d.capture_time else None
                 image_row.update(width=d.width, height=d.height, captured_at=captured)
                 image.update(width=d.width, height=d.height, captured_at=iso(captured))
-                found = rows_of[w.job_id]
-                for kind, rows in found.items():
-                    results[kind].extend({"job_id": job.id, "image_id": job.image_id} | r for r in rows)
-                job_answers = _answers(w, job, {"image": image, "job": {"id": job.id, "profile": job.profile}})
-                for a in job_answers:
-                    found["objects"].extend(p for _, p in a.objects)
-                    results["objects"].extend(t for t, _ in a.objects)
-                answers += job_answers
-                lineage = [_lineage(r, w) for r in w.results]
-                job_row.update(status=JobStatus.succeeded.value, error=None, lineage=lineage)
+                for kind, rows in p.rows.items():
+                    results[kind] += rows
+                answers += p.answers
+                about = {"image": image, "job": {"id": job.id, "profile": job.profile}}
+                checks_failed += [(a, about) for a in p.answers if a.row["passed"] is False]
+                job_row.update(status=JobStatus.succeeded.value, error=None, lineage=p.lineage)
                 events.append(event_row(JOB_SUCCEEDED, job.id, {
-                    "version": PAYLOAD_VERSION, "image": image, "results": found,
-                    "answers": [a.payload for a in job_answers],
-                    "job": job_data | {"timings": timings, "lineage": lineage, "notes": list(d.notes)}}))
+                    "version": PAYLOAD_VERSION, "image": image, "results": p.found,
+                    "answers": [a.payload for a in p.answers],
+                    "job": job_data | {"timings": p.timings, "lineage": p.lineage, "notes": list(d.notes)}}))
                 outcomes.append(Outcome(w.job_id, "succeeded"))
             job_rows.append(job_row)
             image_rows.append(image_row)
@@ -121,13 +129,14 @@ def commit(db_url: str, owner: str, work: list[Work],
                 a.payload["id"] = answer_id
                 for table_row, payload_row in a.objects:
                     table_row["answer_id"] = payload_row["answer_id"] = answer_id
-                if a.row["passed"] is False:
-                    events.append(event_row(CHECK_FAILED, a.row["job_id"], {
-                        "version": PAYLOAD_VERSION, **a.event, "answer": a.payload}))
+            for a, about in checks_failed:
+                events.append(event_row(CHECK_FAILED, a.row["job_id"], {
+                    "version": PAYLOAD_VERSION, **about, "answer": a.payload}))
         conn = s.connection()
         for kind, rows in results.items():
             write_rows(conn, RESULT_TABLES[kind].__table__, rows)
-        s.execute(update(Image), image_rows)  # executemany by primary key
+        # UPDATEs by primary key, as an executemany: psycopg sends them as one pipeline, a round trip in all
+        s.execute(update(Image), image_rows)
         s.execute(update(Job), job_rows)
         write_rows(conn, OutboxEvent.__table__, events)
     by_status: dict[str, list[int]] = defaultdict(list)
@@ -136,6 +145,22 @@ def commit(db_url: str, owner: str, work: list[Work],
     for status, job_ids in by_status.items():
         log.info("jobs %s %s", job_ids, status)
     return outcomes
+
+
+def _prepare(w: Work) -> _Prepared:
+    """A job's :class:`_Prepared`; a failed job's has its digest and timings only."""
+    sha256 = hashlib.sha256(w.data).hexdigest() if w.data else None
+    timings = {k: round(v, 6) for k, v in w.timings.items()}
+    if w.failure is not None:
+        return _Prepared(w, sha256, timings, {}, {}, [], None)
+    found = _result_rows(w)
+    rows = {kind: [{"job_id": w.job_id, "image_id": w.image_id} | r for r in kind_rows]
+            for kind, kind_rows in found.items()}
+    answers = _answers(w)
+    for a in answers:
+        found["objects"] += [payload_row for _, payload_row in a.objects]
+        rows["objects"] += [table_row for table_row, _ in a.objects]
+    return _Prepared(w, sha256, timings, found, rows, answers, [_lineage(r, w) for r in w.results])
 
 
 def _result_rows(w: Work) -> dict[str, list[dict[str, Any]]]:
@@ -162,18 +187,18 @@ def _lineage(result: Any, w: Work) -> dict[str, Any]:
     return out
 
 
-def _answers(w: Work, job: Any, event: dict[str, Any]) -> list[_Answer]:
+def _answers(w: Work) -> list[_Answer]:
     """Rows, payload entries and grounded boxes of the job's answers to checks (``model.vl2.ask.CheckAnswer``)."""
     out = []
     for result in w.results:
         for a in result.answers:
             analyzer, paired = result.lineage.analyzer, _paired(w, a)
             lineage = result.lineage.as_dict() | {"prompt": a.check.prompt, "paired_image_id": paired}
-            row = {"job_id": job.id, "image_id": job.image_id, "analyzer": analyzer, **a.to_row(),
+            row = {"job_id": w.job_id, "image_id": w.image_id, "analyzer": analyzer, **a.to_row(),
                    "paired_image_id": paired, "lineage": lineage}
             payload = {k: v for k, v in row.items() if k not in ("job_id", "image_id", "lineage")}
             boxes = a.detections.to_rows() if a.detections is not None else []
-            objects = [({"job_id": job.id, "image_id": job.image_id, "analyzer": analyzer} | r,
+            objects = [({"job_id": w.job_id, "image_id": w.image_id, "analyzer": analyzer} | r,
                         {"analyzer": analyzer, "answer_id": None} | r) for r in boxes]
-            out.append(_Answer(row, payload, objects, event))
+            out.append(_Answer(row, payload, objects))
     return out
