@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_processes_the_samples_and_verifies_webhooks(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLWATCH_")}
+    env["PYTHONPATH"] = str(ROOT)  # this checkout's code, not whichever one the environment has installed
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "services", "demo", "--out", str(out)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
