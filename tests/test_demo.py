@@ -32,3 +32,4 @@ def test_demo_processes_the_samples_and_verifies_webhooks(tmp_path: Path):
     assert len(pngs) == len(expected)
     assert f"verified {len(expected)} signed event(s)" in text
     assert (out / "vlwatch.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # everything it writes is under --out

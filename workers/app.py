@@ -56,7 +56,8 @@ def make_app(settings: Settings) -> Celery:
         folder = settings.broker_dir.resolve()
         (folder / "processed").mkdir(parents=True, exist_ok=True)
         app.conf.broker_transport_options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-                                             "processed_folder": str(folder / "processed"), "store_processed": False}
+                                             "processed_folder": str(folder / "processed"), "store_processed": False,
+                                             "control_folder": str(folder / "control")}  # else ./control
     # Transient faults (storage or database unreachable) retry with exponential backoff and jitter, 1 s doubling
     # up to 60 s; the jobs stay queued meanwhile and the reconciler would re-send them anyway.
     app.task(name=ANALYZE, bind=True, acks_late=True, autoretry_for=(TransientError,), max_retries=8,
