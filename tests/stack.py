@@ -159,6 +159,10 @@ def start_postgres(port: int = PORTS["postgres"], data: Optional[Path] = None, d
             shutil.chown(data, "postgres", "postgres")
             log.touch()
             shutil.chown(log, "postgres", "postgres")
+        if as_user and subprocess.run([*as_user, "test", "-w", str(data)]).returncode != 0:
+            raise StackError(f"PostgreSQL runs as the postgres user, which cannot reach {data}: a folder above it "
+                             f"is closed to other users (mktemp -d makes 0700 folders); run `chmod o+x` on it, or "
+                             f"clone the project elsewhere, or set VLWATCH_TEST_PG_URL")
         subprocess.run([*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                         "--locale=C.UTF-8"], check=True, stdout=subprocess.DEVNULL)
     fast = "" if durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
