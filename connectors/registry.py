@@ -8,7 +8,8 @@ from typing import Any, Optional
 from connectors.inventory import InventoryConnector, Location
 from connectors.security import Rule, SecurityConnector, Zone
 from connectors.targets import Connector
-from services.config import AppConfig, parse_window
+from services.config import AppConfig
+from services.config_targets import parse_window
 
 
 def build_connector(name: str, config: AppConfig, store: Optional[Any] = None) -> Connector:

@@ -25,28 +25,27 @@ connectors:
 Errors name the field: ``profiles.dock.analyzers[0]: unknown analyzer 'vl3'``. A profile's ``checks`` and ``vl2``
 settings are described in ``services.config_checks``.
 
-Why this module is long: it is the one schema of the file, read top-down, with the cross-references between
-sections checked in one place.
+The sections about where detections go (locations, zones, rules, connectors) are in ``services.config_targets``;
+the references between sections are checked here, in one place (``AppConfig``).
 """
 
 from __future__ import annotations
 
+from datetime import timezone, tzinfo
 from pathlib import Path
 from typing import Any, Optional
-
-import re
-from datetime import time, timezone, tzinfo
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.config_checks import CheckConfig, VL2Settings, check_severity, checks_field
+from services.config_checks import CheckConfig, VL2Settings, checks_field
+from services.config_targets import ConnectorConfig, LocationConfig, RuleConfig, ZoneConfig, zone_name
+from services.safetext import mask_secrets
 
 # model.registry.ANALYZER_NAMES, without importing model.registry (it would import the engines)
 ANALYZERS = ("barcode", "ocr", "vl2-ground", "vl2-ocr", "vl2-ask")
 GPU_ANALYZERS = ("vl2-ground", "vl2-ocr", "vl2-ask")
 EVENT_TYPES = ("job.succeeded", "job.failed", "check.failed")  # services.events.EVENT_TYPES
-from services.safetext import compile_untrusted, mask_secrets
 
 
 class ConfigError(ValueError):
@@ -118,17 +117,6 @@ class Profile(_Strict):
         return "gpu" if any(a in GPU_ANALYZERS for a in self.analyzers) else "cpu"
 
 
-def _zone_name(v: str) -> str:
-    """An IANA time zone name that this machine's zone database knows."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(v)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {v!r} (an IANA name such as Europe/Berlin)") from None
-    return v
-
-
 class SourceConfig(_Strict):
     profile: str
     prefix: str = ""
@@ -139,7 +127,7 @@ class SourceConfig(_Strict):
     @field_validator("timezone")
     @classmethod
     def _tz(cls, v: str) -> str:
-        return _zone_name(v)
+        return zone_name(v)
 
 
 class WebhookConfig(_Strict):
@@ -169,134 +157,6 @@ class WebhookConfig(_Strict):
         if v is not None and not v.startswith("whsec_"):
             raise ValueError("must start with whsec_ (Standard Webhooks secret)")
         return v
-
-
-class LocationConfig(_Strict):
-    site: str = Field("", max_length=64)
-    aisle: str = Field("", max_length=64)
-    bay: str = Field("", max_length=64)
-
-
-class ZoneConfig(_Strict):
-    source: str
-    points: tuple[tuple[float, float], ...]
-    normalised: bool = False
-
-    @field_validator("points")
-    @classmethod
-    def _polygon(cls, v: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
-        if len(v) < 3:
-            raise ValueError(f"a zone needs at least three points, got {len(v)}")
-        return v
-
-    @model_validator(mode="after")
-    def _range(self) -> "ZoneConfig":
-        if self.normalised and any(not (0.0 <= c <= 1.0) for p in self.points for c in p):
-            raise ValueError("points: normalised coordinates must lie in 0..1")
-        if not self.normalised and any(c < 0 for p in self.points for c in p):
-            raise ValueError("points: pixel coordinates cannot be negative")
-        return self
-
-
-_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]|24):([0-5]\d)$")
-
-
-def parse_window(text: str) -> tuple[time, time]:
-    """``"22:00-06:00"`` -> (22:00, 06:00); a window may cross midnight; ``24:00`` ends at midnight."""
-    m = _WINDOW.match(text.strip())
-    if not m:
-        raise ValueError(f"window {text!r}: expected HH:MM-HH:MM, e.g. 22:00-06:00")
-    h1, m1, h2, m2 = (int(g) for g in m.groups())
-    end = time(0, 0) if (h2, m2) == (24, 0) else time(h2 % 24, m2)
-    if h2 == 24 and m2:
-        raise ValueError(f"window {text!r}: 24:MM is not a time")
-    if (h1, m1) == (h2 % 24, m2):
-        raise ValueError(f"window {text!r}: start and end are the same")
-    return time(h1, m1), end
-
-
-class RuleConfig(_Strict):
-    """Labels seen in zones, and/or checks that failed (a check is about the whole image: no zone)."""
-
-    labels: tuple[str, ...] = ()
-    zones: tuple[str, ...] = ()
-    checks: tuple[str, ...] = ()
-    windows: tuple[str, ...] = ()  # empty: at any time
-    min_score: float = Field(0.0, ge=0.0, le=1.0)
-    cooldown_seconds: float = Field(0.0, ge=0.0)
-    severity: str = "warning"
-
-    @field_validator("windows")
-    @classmethod
-    def _windows(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for w in v:
-            parse_window(w)
-        return v
-
-    @field_validator("severity")
-    @classmethod
-    def _severity(cls, v: str) -> str:
-        return check_severity(v)
-
-    @model_validator(mode="after")
-    def _what(self) -> "RuleConfig":
-        if not self.labels and not self.checks:
-            raise ValueError("a rule needs labels (seen in zones) or checks (that failed)")
-        if self.labels and not self.zones:
-            raise ValueError("zones: a rule on labels needs at least one zone")
-        if self.zones and not self.labels:
-            raise ValueError("zones: only labels are matched in zones; a rule on checks alone has no zones")
-        return self
-
-
-CONNECTOR_KINDS = ("inventory", "security")
-
-
-class ConnectorConfig(_Strict):
-    kind: str
-    url: str  # SQLAlchemy URL of the target database (PostgreSQL or MariaDB/MySQL)
-    # inventory
-    sku_patterns: tuple[str, ...] = (r"\b[A-Z]{2,4}-\d{3,8}\b",)
-    # security
-    timezone: str = "UTC"  # the site's time zone: rule windows are local times there
-    rules: Optional[tuple[str, ...]] = None  # default: every rule
-    snapshot_lifetime_seconds: float = Field(3600.0, gt=0, le=7 * 86400)  # presigned link, at most 7 days
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        if v not in CONNECTOR_KINDS:
-            raise ValueError(f"unknown connector kind {v!r} (known: {', '.join(CONNECTOR_KINDS)})")
-        return v
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            u = make_url(v)
-        except (ArgumentError, ValueError):  # the URL itself is not repeated: it may hold a password
-            raise ValueError("not a database URL (e.g. postgresql+psycopg://user@host/db)") from None
-        if u.get_backend_name() not in ("postgresql", "mysql", "mariadb"):
-            raise ValueError(f"unsupported target database {u.get_backend_name()!r} (postgresql, mysql, mariadb)")
-        return v
-
-    @field_validator("sku_patterns")
-    @classmethod
-    def _patterns(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        for i, p in enumerate(v):
-            try:
-                compile_untrusted(p)
-            except ValueError as exc:
-                raise ValueError(f"[{i}] {p!r}: {exc}") from None
-        return v
-
-    @field_validator("timezone")
-    @classmethod
-    def _tz(cls, v: str) -> str:
-        return _zone_name(v)
 
 
 DEFAULT_PROFILE = "default"

@@ -10,7 +10,8 @@ import pytest
 import yaml
 from sqlalchemy import select, text
 
-from services.config import parse_config, parse_window
+from services.config import parse_config
+from services.config_targets import parse_window
 from services.db import session_scope
 from services.ingest.register import register_and_send
 from services.ingest.upload import md5_hex
