@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 from celery import Celery, signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 
+from services.ingest.register import SendJob
 from services.settings import Settings
 from workers.pipeline import TransientError, run_batch
 from workers.runtime import get_runtime
@@ -99,21 +100,18 @@ def _on_lost_channel(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _reconcile_in_workers(app: Celery, settings: Settings) -> None:
-    """The worker's main process runs the reconciler in a thread (``services.loop.keep_running``: it rides out
-    outages) from ready to shutdown. Every worker runs one; they share the work through the database."""
-    from services.loop import keep_running
-    from workers.lease import reconcile
+    """The worker's main process runs the reconciler in a thread (``workers.lease.reconcile_forever``: it rides
+    out outages) from ready to shutdown. Every worker runs one; they share the work through the database."""
+    from workers.lease import reconcile_forever
 
     stop = threading.Event()
 
     def on_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not app:
             return
-        send = sender_for(app)
         stop.clear()
-        threading.Thread(target=keep_running, name="vlwatch-reconciler", daemon=True, kwargs=dict(
-            round_=lambda: reconcile(settings.db_url, send, requeue_after=settings.requeue_after),
-            interval=settings.reconcile_every, name="reconciler", stop=stop, on_result=_log_reconciled)).start()
+        threading.Thread(target=reconcile_forever, args=(settings, sender_for(app), stop, _log_reconciled),
+                         name="vlwatch-reconciler", daemon=True).start()
 
     def on_shutdown(**_: Any) -> None:
         stop.set()
@@ -164,7 +162,7 @@ def analyze_task(task: Any, job_ids: list[int] | int) -> dict[str, int]:
     return analyze(job_ids, resend=sender_for(task.app))
 
 
-def analyze(job_ids: list[int] | int, resend: Optional[Callable[[list[int], str], None]] = None) -> dict[str, int]:
+def analyze(job_ids: list[int] | int, resend: Optional[SendJob] = None) -> dict[str, int]:
     from workers.gpu import scheduled, serve
 
     ids = [int(job_ids)] if isinstance(job_ids, int) else [int(j) for j in job_ids]

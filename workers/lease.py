@@ -18,7 +18,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -26,7 +26,11 @@ from sqlalchemy.orm import Session
 
 from services.db import session_scope
 from services.ingest.register import TASK_JOBS, SendJob
+from services.loop import keep_running
 from services.schema import Image, Job, JobStatus, utcnow
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +206,16 @@ def reconcile(db_url: str, send_job: SendJob, requeue_after: float, limit: int =
         resent += sent
         if len(rows) < limit or sent < len(rows):  # the last page, or the broker is down: the next pass goes on
             return {"reclaimed": len(expired), "resent": resent}
+
+
+def reconcile_forever(settings: "Settings", send_job: SendJob, stop: Optional[threading.Event] = None,
+                      on_result: Optional[Callable[[dict[str, int]], None]] = None,
+                      interval: Optional[float] = None) -> None:
+    """``reconcile`` every ``interval`` seconds (default ``settings.reconcile_every``) until ``stop`` is set,
+    riding out outages of the database and the broker (``services.loop.keep_running``): the loop every worker
+    runs in a thread, ``vlwatch dispatch`` beside its lanes and ``vlwatch reconcile --watch`` alone."""
+    keep_running(lambda: reconcile(settings.db_url, send_job, requeue_after=settings.requeue_after),
+                 interval=interval or settings.reconcile_every, name="reconciler", stop=stop, on_result=on_result)
 
 
 def _send(db_url: str, rows: Sequence, send_job: SendJob) -> int:

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from sqlalchemy.exc import OperationalError
 
 from model.decode import BadImage, decode_image
 from services import metrics
+from services.ingest.register import SendJob
 from services.storage import BadKey, ObjectNotFound, StorageUnavailable
 from workers.analyze import analyze, live
 from workers.commit import commit
@@ -38,7 +39,6 @@ from workers.work import Outcome, Work
 log = logging.getLogger(__name__)
 
 TRANSIENT = (StorageUnavailable, OperationalError)
-SendJob = Callable[[list[int], str], None]
 
 
 class TransientError(RuntimeError):

@@ -94,12 +94,9 @@ def _until_done(step: Callable[[], Any], name: str, stop: threading.Event, cap: 
 
 def _reconcile_forever(ctx: Ctx, stop: threading.Event) -> None:
     """Re-send stuck jobs every VLWATCH_RECONCILE_INTERVAL_SECONDS, on its own thread, through any outage."""
-    from services.loop import keep_running
-    from workers.lease import reconcile
+    from workers.lease import reconcile_forever
 
-    s, send = ctx.settings, ctx.send_job()
-    keep_running(lambda: reconcile(ctx.db_url, send, requeue_after=s.requeue_after), interval=s.reconcile_every,
-                 name="the reconciler", stop=stop)
+    reconcile_forever(ctx.settings, ctx.send_job(), stop)
 
 
 @click.command()

@@ -57,19 +57,14 @@ def _multiprocess_metrics(ctx: Ctx) -> None:
 def reconcile(ctx: Ctx, watch: bool, interval: float | None) -> None:
     """Re-send jobs whose task was lost and reclaim jobs whose worker died (expired lease). Every worker runs the
     reconciler too (VLWATCH_WORKER_RECONCILES); this command is for deployments that turn that off."""
-    from services.loop import keep_running
     from workers.lease import reconcile as do_reconcile
+    from workers.lease import reconcile_forever
 
     send, s = ctx.send_job(), ctx.settings
-
-    def once() -> dict[str, int]:
-        return do_reconcile(ctx.db_url, send, requeue_after=s.requeue_after)
-
     if not watch:
-        click.echo(json.dumps(once()))
+        click.echo(json.dumps(do_reconcile(ctx.db_url, send, requeue_after=s.requeue_after)))
         return
-    keep_running(once, interval=interval or s.reconcile_every, name="reconciler",
-                 on_result=lambda counts: click.echo(json.dumps(counts)))
+    reconcile_forever(s, send, on_result=lambda counts: click.echo(json.dumps(counts)), interval=interval)
 
 
 COMMANDS = [worker, reconcile]
