@@ -107,7 +107,7 @@ def write_rows(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -
 
     from sqlalchemy import JSON
 
-    given = set().union(*(r.keys() for r in rows))
+    given = set().union(*rows)  # every column any row names
     columns = [c for c in table.columns if c.name in given or (c.default is not None and c.default.is_callable)]
     names = [c.name for c in columns]
     encode = [c.name for c in columns if isinstance(c.type, JSON)]

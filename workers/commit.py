@@ -3,7 +3,7 @@ rows (replacing those of an earlier attempt), its answers to checks (with the bo
 ``objects.answer_id``), the image's facts, the job's final status with timings and lineage, its ``job.succeeded``
 / ``job.failed`` outbox event and a ``check.failed`` event per answer whose expectation did not hold. Nothing is
 announced that is not committed, and a job whose lease was taken over writes nothing ("lost": the other worker's
-run counts). What needs no database (digests, result rows as payload and as table rows, answers, lineage) is
+run counts). What needs no database (result rows as payload and as table rows, answers, lineage) is
 made before the transaction opens, so the jobs' row locks are held for the writes only.
 
 Capture time: stored in UTC. EXIF's own offset (OffsetTimeOriginal) wins; a camera that wrote none is read in its
@@ -12,7 +12,6 @@ source's configured time zone (``sources.NAME.timezone``), else UTC (``model.dec
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,7 +43,6 @@ class _Prepared:
     """What a job's commit needs that the database does not give, made before the transaction opens."""
 
     work: Work
-    sha256: Optional[str]  # of the bytes read
     timings: dict[str, float]
     # for a job that succeeded: its result rows by kind (the payload's ``results``, boxes of grounded answers
     # included), the same rows with ``job_id`` and ``image_id`` for the tables, its answers and its lineage
@@ -91,7 +89,7 @@ def commit(db_url: str, owner: str, work: list[Work],
         now = utcnow()
         for p in mine:
             w, job = p.work, jobs[p.work.job_id]
-            image_row: dict[str, Any] = {"id": job.image_id, "sha256": p.sha256 or job.sha256}
+            image_row: dict[str, Any] = {"id": job.image_id, "sha256": w.sha256 or job.sha256}
             image = {"id": job.image_id, "bucket": job.bucket, "key": job.key, "etag": job.etag,
                      "source": job.source, "width": None, "height": None, "sha256": image_row["sha256"],
                      "captured_at": None, "uploaded_at": iso(job.uploaded_at)}
@@ -148,11 +146,10 @@ def commit(db_url: str, owner: str, work: list[Work],
 
 
 def _prepare(w: Work) -> _Prepared:
-    """A job's :class:`_Prepared`; a failed job's has its digest and timings only."""
-    sha256 = hashlib.sha256(w.data).hexdigest() if w.data else None
+    """A job's :class:`_Prepared`; a failed job's has its timings only."""
     timings = {k: round(v, 6) for k, v in w.timings.items()}
     if w.failure is not None:
-        return _Prepared(w, sha256, timings, {}, {}, [], None)
+        return _Prepared(w, timings, {}, {}, [], None)
     found = _result_rows(w)
     rows = {kind: [{"job_id": w.job_id, "image_id": w.image_id} | r for r in kind_rows]
             for kind, kind_rows in found.items()}
@@ -160,7 +157,7 @@ def _prepare(w: Work) -> _Prepared:
     for a in answers:
         found["objects"] += [payload_row for _, payload_row in a.objects]
         rows["objects"] += [table_row for table_row, _ in a.objects]
-    return _Prepared(w, sha256, timings, found, rows, answers, [_lineage(r, w) for r in w.results])
+    return _Prepared(w, timings, found, rows, answers, [_lineage(r, w) for r in w.results])
 
 
 def _result_rows(w: Work) -> dict[str, list[dict[str, Any]]]:

@@ -18,6 +18,7 @@ the same queue (up to ``batch_size``) so analyzers see batches and database and 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Optional, Sequence
@@ -105,7 +106,8 @@ def _batch_failed(rt: Runtime, work: list[Work], stage: str, exc: BaseException,
         what = f"failed in the {stage} stage with an internal error: {explain(exc)}"
     if len(work) == 1:
         w = work[0]
-        failed = Work(w.job_id, w.image_id, w.key, w.profile, w.attempts, w.queue, data=w.data, timings=w.timings)
+        failed = Work(w.job_id, w.image_id, w.key, w.profile, w.attempts, w.queue, sha256=w.sha256,
+                      timings=w.timings)
         failed.fail("batch_failed", f"analysis of {w.key!r} {what}")
         try:
             return _commit(rt, [failed])
@@ -168,12 +170,13 @@ def check(rt: Runtime, work: list[Work]) -> None:
 
 
 def fetch(rt: Runtime, work: list[Work]) -> None:
-    """The objects' bytes, concurrently (object storage is I/O)."""
+    """The objects' bytes and their digests, concurrently (object storage is I/O; hashing releases the GIL)."""
 
     def get(w: Work) -> None:
         t = time.perf_counter()
         try:
             w.data = rt.store.get(w.key)
+            w.sha256 = hashlib.sha256(w.data).hexdigest()
         except ObjectNotFound:
             w.fail("missing_object", f"object {w.key!r} is not in bucket {rt.store.bucket!r} (deleted after upload?)")
         except BadKey as exc:
@@ -196,6 +199,7 @@ def decode(rt: Runtime, work: list[Work]) -> None:
                                      max_pixels=rt.settings.max_image_pixels, max_scans=rt.settings.max_jpeg_scans)
         except BadImage as exc:
             w.fail("bad_image", f"bad image {w.key!r}: {exc.reason}")
+        w.data = b""  # past decoding only the pixels are used: a batch of large images holds no second copy
         w.timings["decode"] = time.perf_counter() - t
 
 

@@ -29,7 +29,8 @@ class Work:
     attempts: int
     queue: str = ""
     note: Optional[str] = None  # what ended its last attempt, when there was one
-    data: bytes = b""
+    data: bytes = b""  # the object's bytes, from fetch until decode
+    sha256: Optional[str] = None  # their digest, taken where they are read
     decoded: Optional[DecodedImage] = None
     previous: Optional[Previous] = None  # the source's previous image, for checks with_previous
     results: list = field(default_factory=list)  # one AnalyzerResult per analyzer run

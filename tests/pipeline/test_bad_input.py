@@ -3,6 +3,8 @@ person can act on; the worker keeps going and good images beside them are unaffe
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from sqlalchemy import select
 
@@ -45,6 +47,8 @@ def test_bad_images_fail_with_reasons_and_the_worker_keeps_going(runtime, db_url
             job, image = s.get(Job, reg.job_id), s.get(Image, reg.image_id)
             data, status, words = CASES[image.key]
             assert job.status == status, (image.key, job.error)
+            # the digest of the bytes the worker read, bad or good (empty bytes have one too)
+            assert image.sha256 == hashlib.sha256(data).hexdigest(), image.key
             if status == "failed":
                 assert words in job.error.lower() and image.key in job.error, job.error
             else:
