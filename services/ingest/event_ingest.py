@@ -88,7 +88,7 @@ def ingest_events(
             counts.already += 1  # an older event of the same key in this batch
     if not latest:
         return counts
-    with_etag = [(k, e.etag) for k, e in latest.items() if e.etag]
+    with_etag = [k for k, e in latest.items() if e.etag]
     if with_etag:
         with session_scope(db_url) as s:
             known = known_etags(s, store.bucket, with_etag)

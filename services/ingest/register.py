@@ -103,9 +103,15 @@ def register_objects(
     return out
 
 
-def known_etags(session: Session, bucket: str, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which (key, etag) pairs are already registered in ``bucket``."""
-    return set(_registered(session.connection(), bucket, list(keys)))
+def known_etags(session: Session, bucket: str, keys: Iterable[str]) -> set[tuple[str, str]]:
+    """(key, etag) of every image registered in ``bucket`` under one of ``keys`` (500 keys a statement): an
+    object whose (key, etag) is in it needs no registration."""
+    images, keys = Image.__table__, list(dict.fromkeys(keys))
+    known: set[tuple[str, str]] = set()
+    for i in range(0, len(keys), 500):
+        known.update((key, etag) for key, etag in session.execute(select(images.c.key, images.c.etag).where(
+            images.c.bucket == bucket, images.c.key.in_(keys[i : i + 500]))))
+    return known
 
 
 def _registered(conn: Any, bucket: str, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], int]:

@@ -18,7 +18,7 @@ def scan(db_url: str, config: AppConfig, store: ObjectStore, send_job: SendJob, 
     def flush() -> None:
         nonlocal created
         with session_scope(db_url) as s:
-            known = known_etags(s, store.bucket, [(o.key, o.etag) for o in pending])
+            known = known_etags(s, store.bucket, [o.key for o in pending])
         fresh = [o for o in pending if (o.key, o.etag) not in known]
         if fresh:
             created += sum(r.created for r in register_and_send(db_url, config, store.bucket, fresh, send_job))

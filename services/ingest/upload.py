@@ -1,7 +1,8 @@
 """``vlwatch upload``: files into the bucket under a source's prefix, then registered like any other object.
 
-Per batch of files: a select of those already known (same key and content), the PUTs (concurrently), one
-transaction that registers the new ones, then their tasks; the batches overlap (see ``upload``).
+One select (per 500 files) finds what is registered already under the files' keys; then per batch of files the
+PUTs of the new ones (concurrently), one transaction that registers them, then their tasks; the batches overlap
+(see ``upload``).
 """
 
 from __future__ import annotations
@@ -52,17 +53,18 @@ def upload(
 ) -> UploadReport:
     """Put files into the bucket under the source's prefix and register them; already registered ones skip.
 
-    Three things overlap so that the PUTs never wait for the database: the calling thread reads and hashes a
-    batch of ``batch`` files, asks which are registered already (one select) and hands the others' PUTs to
-    ``threads`` threads; one registering thread takes the batches in order, waits for their PUTs, registers
-    them (one transaction) and sends their tasks. At most ``in_flight`` batches are on their way at once, so
-    memory stays bounded."""
+    What is registered already under the files' keys is read once at the start. Then three things overlap so
+    that the PUTs never wait for the database: the calling thread reads and hashes a batch of ``batch`` files and
+    hands the PUTs of those not registered with the same content to ``threads`` threads; one registering thread
+    takes the batches in order, waits for their PUTs, registers them (one transaction) and sends their tasks. At
+    most ``in_flight`` batches are on their way at once, so memory stays bounded."""
     config = config.with_source(source)
     prefix = config.sources[source].prefix
     report = UploadReport()
-    files = list(iter_upload_files(paths))
+    files = [(f, prefix + rel) for f, rel in iter_upload_files(paths)]
     with session_scope(db_url) as s:
         source_ids = ensure_sources(s, config)
+        known = known_etags(s, store.bucket, [key for _, key in files])
 
     def register(n: int, puts: list[Future[ObjectInfo]]) -> None:
         infos = [f.result() for f in puts]
@@ -80,11 +82,8 @@ def upload(
             ThreadPoolExecutor(1, thread_name_prefix="vlwatch-register") as registrar:
         for i in range(0, len(files), batch):
             chunk = files[i : i + batch]
-            blobs = [(f, prefix + rel, f.read_bytes()) for f, rel in chunk]
-            digests = [md5_hex(data) for _, _, data in blobs]
-            with session_scope(db_url) as s:
-                known = known_etags(s, store.bucket, [(key, md5) for (_, key, _), md5 in zip(blobs, digests)])
-            todo = [(f, key, data) for (f, key, data), md5 in zip(blobs, digests) if (key, md5) not in known]
+            blobs = [(f, key, f.read_bytes()) for f, key in chunk]
+            todo = [(f, key, data) for f, key, data in blobs if (key, md5_hex(data)) not in known]
             known_before += len(blobs) - len(todo)
             puts = [pool.submit(store.put, key, data, content_type=_content_type(f)) for f, key, data in todo]
             batches.append(registrar.submit(register, len(chunk), puts))
