@@ -92,7 +92,7 @@ def test_help_and_usage_errors_import_no_sql_library(tmp_path: Path, args: list[
     code = ("import sys; from services.cli import main\n"
             f"try: main({args!r}, prog_name='vlwatch')\n"
             "except SystemExit: pass\n"
-            "sys.exit(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'pydantic_settings')) or 0)")
+            "sys.exit(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'pydantic')) or 0)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
