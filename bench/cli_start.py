@@ -49,7 +49,6 @@ def main() -> None:
         cases = {
             "python -c pass": [py, "-c", "pass"],
             "import click": [py, "-c", "import click"],
-            "import pydantic_settings": [py, "-c", "import pydantic_settings"],
             "import sqlalchemy": [py, "-c", "import sqlalchemy"],
             "import sqlalchemy.orm": [py, "-c", "import sqlalchemy.orm"],
             "import psycopg": [py, "-c", "import psycopg"],

@@ -129,7 +129,7 @@ def _pipeline(images: list[bytes], workers: int, batch: int, st: dict[str, str],
     from services.db import get_engine, session_scope
     from services.ingest.upload import upload
     from services.schema import WebhookDelivery
-    from services.settings import Settings
+    from services.settings import load_settings
     from services.storage import store_from_settings
     from workers.app import make_app, sender_for
 
@@ -144,8 +144,7 @@ def _pipeline(images: list[bytes], workers: int, batch: int, st: dict[str, str],
                "VLWATCH_S3_SECRET_KEY": st["VLWATCH_TEST_S3_SECRET_KEY"], "VLWATCH_BUCKET": bucket,
                "VLWATCH_CONFIG": str(tmp / "vlwatch.yaml"), "VLWATCH_BATCH_SIZE": str(batch),
                "VLWATCH_OUTBOUND_ALLOW": "127.0.0.1/32"}  # the receiver is on loopback
-        settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in env.items()
-                               if k.startswith("VLWATCH_")})
+        settings = load_settings(env)
         config = AppConfig(profiles={"codes": Profile(analyzers=("barcode",))},
                            sources={"bench": SourceConfig(profile="codes", prefix="bench/")})
         folder = tmp / "in"

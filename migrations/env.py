@@ -4,10 +4,10 @@ from alembic import context
 from sqlalchemy import pool
 from sqlalchemy import create_engine
 
-from services.schema import Base
+from services.schema_ddl import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_online() -> None:

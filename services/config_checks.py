@@ -26,9 +26,9 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model.vl2.answers import KINDS
+from services.settings import check_dtype
 
 SEVERITIES = ("info", "low", "warning", "high", "critical")
-VL2_DTYPES = ("bfloat16", "float16", "float32")
 CHECK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -45,10 +45,6 @@ def one_of(what: str, v: Any, known: tuple[str, ...]) -> Any:
 
 def check_severity(v: str) -> str:
     return one_of("severity", v, SEVERITIES)
-
-
-def check_dtype(v: Optional[str]) -> Optional[str]:
-    return v if v is None else one_of("dtype", v, VL2_DTYPES)
 
 
 class CheckConfig(_Strict):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text,
-    TypeDecorator, UniqueConstraint, text,
+    TypeDecorator, UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -166,9 +166,8 @@ class ObjectRow(_ResultMixin, Base):
 
 class TextLineRow(_ResultMixin, Base):
     __tablename__ = "text_lines"
-    # Search by text (ILIKE '%...%') uses a trigram index on PostgreSQL (extension pg_trgm, by migration 0004).
-    __table_args__ = (Index("ix_text_lines_text_trgm", "text", postgresql_using="gin",
-                            postgresql_ops={"text": "gin_trgm_ops"}), Index(None, "score", "image_id"))
+    # Search by text (ILIKE '%...%') uses a trigram index on PostgreSQL (services/schema_ddl.py).
+    __table_args__ = (Index(None, "score", "image_id"),)
     text: Mapped[str] = mapped_column(Text)
 
 
@@ -212,10 +211,7 @@ class OutboxEvent(Base):
     """Events committed with the results that cause them; the dispatcher fans them out to deliveries."""
 
     __tablename__ = "outbox_events"
-    # fan-out's next events, whatever the backlog of dispatched ones before them; only these are indexed, so
-    # marking an event dispatched takes it out of the index instead of adding to it
-    __table_args__ = (Index("ix_outbox_events_undispatched", "id", postgresql_where=text("dispatched_at IS NULL"),
-                            sqlite_where=text("dispatched_at IS NULL")),)
+    # fan-out reads its next events through a partial index of the undispatched ones (services/schema_ddl.py)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(64), unique=True)  # the webhook-id: msg_<uuid hex>
     type: Mapped[str] = mapped_column(String(64))  # job.succeeded, job.failed
@@ -238,11 +234,8 @@ class WebhookSubscription(Base):
 
 class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
-    # one subscription's due deliveries are an index range of their own, whatever other subscriptions have
-    # waiting; delivered and dead ones leave the index
-    __table_args__ = (UniqueConstraint("event_id", "subscription_id"),
-                      Index("ix_webhook_deliveries_due", "subscription_id", "next_attempt_at", "id",
-                            postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")))
+    # one subscription's due deliveries are a range of a partial index (services/schema_ddl.py)
+    __table_args__ = (UniqueConstraint("event_id", "subscription_id"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
     subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
@@ -276,9 +269,8 @@ class ConnectorDelivery(Base):
     """One outbox event for one connector: the same pending -> delivered | dead life as a webhook delivery."""
 
     __tablename__ = "connector_deliveries"
-    __table_args__ = (UniqueConstraint("event_id", "connector_id"),
-                      Index("ix_connector_deliveries_due", "connector_id", "next_attempt_at", "id",
-                            postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'")))
+    # one connector's due deliveries are a range of a partial index (services/schema_ddl.py)
+    __table_args__ = (UniqueConstraint("event_id", "connector_id"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[int] = mapped_column(ForeignKey("outbox_events.id"))
     connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id"))

@@ -8,7 +8,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from services.migrate import alembic_config, head, upgrade
-from services.schema import Base
+from services.schema_ddl import metadata
 
 
 def _diff(url: str) -> list:
@@ -16,8 +16,8 @@ def _diff(url: str) -> list:
     try:
         with engine.connect() as conn:
             # Connector tests keep their target tables in the same test database: only vlwatch's own count.
-            ours = {"include_name": lambda name, kind, _: kind != "table" or name in Base.metadata.tables}
-            return compare_metadata(MigrationContext.configure(conn, opts=ours), Base.metadata)
+            ours = {"include_name": lambda name, kind, _: kind != "table" or name in metadata.tables}
+            return compare_metadata(MigrationContext.configure(conn, opts=ours), metadata)
     finally:
         engine.dispose()
 

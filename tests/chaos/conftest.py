@@ -46,10 +46,9 @@ class ChaosEnv:
                        self.bucket)
 
     def settings(self):  # noqa: ANN201
-        from services.settings import Settings
+        from services.settings import load_settings
 
-        return Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in self.env.items()
-                           if k.startswith("VLWATCH_")})
+        return load_settings(self.env)
 
 
 @pytest.fixture

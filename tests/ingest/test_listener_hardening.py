@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 
 import httpx
 import pytest
@@ -324,9 +325,9 @@ def test_vlwatch_listen_keeps_to_the_limits_of_its_settings(db_url, s3_settings,
 
 
 def test_the_limits_are_settings(monkeypatch):
-    fields = Settings.model_fields
-    assert Limits() == Limits(fields["notify_timeout_seconds"].default, fields["notify_max_connections"].default,
-                              fields["notify_max_body_bytes"].default)
+    default = {f.name: f.default for f in fields(Settings)}
+    assert Limits() == Limits(default["notify_timeout_seconds"], default["notify_max_connections"],
+                              default["notify_max_body_bytes"])
     monkeypatch.setenv("VLWATCH_NOTIFY_TIMEOUT_SECONDS", "2.5")
     monkeypatch.setenv("VLWATCH_NOTIFY_MAX_CONNECTIONS", "4")
     monkeypatch.setenv("VLWATCH_NOTIFY_MAX_BODY_BYTES", "65536")

@@ -95,7 +95,7 @@ def site(app_env, migrated_pg, redis_url, celery_app, tmp_path_factory) -> Itera
     from services.config import parse_config
     from services.ingest.upload import upload
     from services.storage import store_from_settings
-    from services.settings import Settings
+    from services.settings import load_settings
     from workers.app import sender_for
 
     d = tmp_path_factory.mktemp("site")
@@ -106,7 +106,7 @@ def site(app_env, migrated_pg, redis_url, celery_app, tmp_path_factory) -> Itera
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
     redis.Redis.from_url(redis_url).flushdb()
     config = parse_config(yaml.safe_dump(SITE_CONFIG))
-    settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in env.items() if k.startswith("VLWATCH_")})
+    settings = load_settings(env)
     store = store_from_settings(settings)
     with session_scope(migrated_pg) as s:
         tokens = {"all": add_token(s, "all"), "shelf": add_token(s, "shelf-reader", ["shelf"]),

@@ -57,10 +57,9 @@ def app_env(migrated_pg: str, redis_url: str, s3_settings, tmp_path_factory) -> 
 @pytest.fixture
 def settings(app_env: dict[str, str], db_url: str):  # noqa: ANN201
     """Settings as a worker reads them, over an emptied database."""
-    from services.settings import Settings
+    from services.settings import load_settings
 
-    return Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in app_env.items()
-                       if k.startswith("VLWATCH_")})
+    return load_settings(app_env)
 
 
 @pytest.fixture

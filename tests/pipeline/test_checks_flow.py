@@ -28,7 +28,7 @@ from services.config import parse_config
 from services.db import session_scope
 from services.ingest.register import register_and_send
 from services.schema import AnswerRow, Image, Job, ObjectRow, OutboxEvent
-from services.settings import Settings
+from services.settings import load_settings
 from tests.pipeline.conftest import wait_for
 from tests.pipeline.test_cli import vlwatch
 
@@ -127,8 +127,7 @@ def test_checks_through_a_gpu_worker(app_env, db_url, send_job, start_worker, ch
     env = {"VLWATCH_CONFIG": str(cfg_file), "VLWATCH_VL2_CHECKPOINT": str(ckpt), "VLWATCH_VL2_DEVICE": "cpu",
            "VLWATCH_VL2_DTYPE": "float32"}
     full_env = {**app_env, **env}
-    settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in full_env.items()
-                           if k.startswith("VLWATCH_")})
+    settings = load_settings(full_env)
     config, store = parse_config(cfg_file.read_text()), store_from_settings(settings)
     secret = "whsec_c2VjcmV0LWZvci1jaGVja3MtdGVzdA=="
     vlwatch(full_env, "webhooks", "add", "ops", recorder.url, "--secret", secret, "--event", "check.failed")

@@ -28,7 +28,7 @@ from services.db import session_scope
 from services.ingest.register import register_and_send
 from services.queries import image_results
 from services.schema import Image, Job
-from services.settings import Settings
+from services.settings import load_settings
 from tests.model.scheduling import same
 from tests.ops.procs import free_port, scrape
 from tests.pipeline.conftest import ROOT
@@ -85,8 +85,7 @@ class Run:
     def __init__(self, run: str, app_env: dict[str, str], db_url: str, send_job: Any, cfg_file: Path) -> None:
         self.run, self.db_url, self.send_job = run, db_url, send_job
         env = {**app_env, "VLWATCH_CONFIG": str(cfg_file)}
-        settings = Settings(**{k.removeprefix("VLWATCH_").lower(): v for k, v in env.items()
-                               if k.startswith("VLWATCH_")})
+        settings = load_settings(env)
         from services.storage import store_from_settings
 
         self.config, self.store = parse_config(cfg_file.read_text()), store_from_settings(settings)

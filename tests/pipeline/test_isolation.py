@@ -9,6 +9,7 @@ import io
 import multiprocessing
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 from PIL import Image as PILImage
@@ -75,7 +76,7 @@ class Wrapped:
 
 
 def _with_engine(runtime: Runtime, engine: object, **settings: object) -> Runtime:
-    rt = Runtime(runtime.settings.model_copy(update=settings), runtime.config, runtime.store)
+    rt = Runtime(replace(runtime.settings, **settings), runtime.config, runtime.store)
     rt.analyzer = lambda name, profile=None: engine  # type: ignore[method-assign]  # every analyzer is this one
     return rt
 
@@ -216,5 +217,5 @@ def test_each_process_has_its_own_lease_owner_id(runtime):
 
 
 def test_settings_derive_recovery_times_from_the_lease(settings):
-    s = settings.model_copy(update={"lease_seconds": 10.0})
+    s = replace(settings, lease_seconds=10.0)
     assert (s.requeue_after, s.reconcile_every, s.hard_time_limit) == (20.0, 2.5, 660.0)
