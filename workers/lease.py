@@ -25,7 +25,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from services.db import session_scope
-from services.ingest.register import TASK_JOBS, SendJob
+from services.ingest.register import SendJob, send_stamped
 from services.loop import keep_running
 from services.schema import Image, Job, JobStatus, utcnow
 
@@ -202,7 +202,7 @@ def reconcile(db_url: str, send_job: SendJob, requeue_after: float, limit: int =
                 due = due.with_for_update(skip_locked=True)
             rows = s.execute(update(Job).where(Job.id.in_(due.scalar_subquery())).values(sent_at=now)
                              .returning(Job.id, Job.queue, Job.attempts)).all()
-        sent = _send(db_url, rows, send_job)
+        sent = send_stamped(db_url, rows, send_job)
         resent += sent
         if len(rows) < limit or sent < len(rows):  # the last page, or the broker is down: the next pass goes on
             return {"reclaimed": len(expired), "resent": resent}
@@ -216,25 +216,3 @@ def reconcile_forever(settings: "Settings", send_job: SendJob, stop: Optional[th
     runs in a thread, ``vlwatch dispatch`` beside its lanes and ``vlwatch reconcile --watch`` alone."""
     keep_running(lambda: reconcile(settings.db_url, send_job, requeue_after=settings.requeue_after),
                  interval=interval or settings.reconcile_every, name="reconciler", stop=stop, on_result=on_result)
-
-
-def _send(db_url: str, rows: Sequence, send_job: SendJob) -> int:
-    """Send the stamped ``rows`` (id, queue, attempts); a send that fails clears its jobs' stamp again. Returns
-    how many jobs were sent."""
-    tasks: list[tuple[list[int], str]] = [([r.id], r.queue) for r in rows if r.attempts > 0]
-    fresh: dict[str, list[int]] = {}
-    for r in rows:
-        if r.attempts == 0:
-            fresh.setdefault(r.queue, []).append(r.id)
-    tasks += [(ids[i:i + TASK_JOBS], q) for q, ids in fresh.items() for i in range(0, len(ids), TASK_JOBS)]
-    failed: list[int] = []
-    for ids, queue in tasks:
-        try:
-            send_job(ids, queue)
-        except Exception as exc:  # noqa: BLE001 - broker down: the next pass sends them
-            log.warning("could not send jobs %s (%s); the next reconciler pass will", ids, exc)
-            failed += ids
-    if failed:
-        with session_scope(db_url) as s:
-            s.execute(update(Job).where(Job.id.in_(failed)).values(sent_at=None))
-    return sum(len(ids) for ids, _ in tasks) - len(failed)

@@ -1,8 +1,8 @@
 """Registration: every path in (upload, scan, bucket events) converges on one idempotent registration.
 
-One transaction writes the image row and its job row (status ``queued``), keyed by (bucket, key, etag); only
-after commit is the Celery task sent, carrying the job id. A send that fails leaves the job queued with no
-``sent_at``: the reconciler re-sends it.
+One transaction writes the image row and its job row (status ``queued``, stamped ``sent_at``), keyed by (bucket,
+key, etag); only after commit is the Celery task sent, carrying the job id. A send that fails clears the stamp
+again: the reconciler's next pass re-sends the job (``send_stamped``, the reconciler's own way of sending).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def register_objects(
         for k, image_id in created.items():
             profile_name = config.profile_name(sources[k])
             job_rows.append({"image_id": image_id, "profile": profile_name, "status": "queued", "attempts": 0,
-                             "queue": config.profiles[profile_name].queue_name, "queued_at": now})
+                             "queue": config.profiles[profile_name].queue_name, "queued_at": now, "sent_at": now})
         inserted = conn.execute(insert(jobs_table).returning(jobs_table.c.id, jobs_table.c.image_id,
                                                              jobs_table.c.queue), job_rows)
         jobs = {image_id: (job_id, queue) for job_id, image_id, queue in inserted}
@@ -126,7 +126,7 @@ def _registered(conn: Any, bucket: str, pairs: list[tuple[str, str]]) -> dict[tu
 
 
 def send_registered(db_url: str, registered: Iterable[Registered], send_job: SendJob) -> int:
-    """After commit: send the new jobs (a task per queue and ``TASK_JOBS`` ids) and stamp ``sent_at``."""
+    """After commit: send the new jobs, which their registration stamped sent (``send_stamped``)."""
     new = [r for r in registered if r.job_id is not None]
     if not new:
         return 0
@@ -134,28 +134,32 @@ def send_registered(db_url: str, registered: Iterable[Registered], send_job: Sen
     if len(queues) < len(new):
         with session_scope(db_url) as s:
             queues = dict(s.execute(select(Job.id, Job.queue).where(Job.id.in_([r.job_id for r in new]))).all())
-    return send_in_chunks(db_url, [(r.job_id, queues[r.job_id]) for r in new], send_job)
+    return send_stamped(db_url, [(r.job_id, queues[r.job_id], 0) for r in new], send_job)
 
 
-def send_in_chunks(db_url: str, jobs: Sequence[tuple[int, str]], send_job: SendJob) -> int:
-    """Send (job_id, queue) pairs as tasks of up to ``TASK_JOBS`` ids per queue; stamp ``sent_at`` on those sent.
-    A send that fails (broker down) leaves its jobs without ``sent_at``: the reconciler re-sends them."""
-    by_queue: dict[str, list[int]] = {}
-    for job_id, queue in jobs:
-        by_queue.setdefault(queue, []).append(job_id)
-    sent: list[int] = []
-    for queue, ids in by_queue.items():
-        for i in range(0, len(ids), TASK_JOBS):
-            chunk = ids[i : i + TASK_JOBS]
-            try:
-                send_job(chunk, queue)
-                sent.extend(chunk)
-            except Exception as exc:  # noqa: BLE001 - broker down: the reconciler re-sends
-                log.warning("could not send jobs %s (%s); the reconciler will re-send them", chunk, exc)
-    if sent:
+def send_stamped(db_url: str, jobs: Sequence[tuple[int, str, int]], send_job: SendJob) -> int:
+    """Send (job id, queue, attempts) whose ``sent_at`` the committed transaction that queued them stamped: jobs
+    claimed before one per task (they run alone), fresh ones ``TASK_JOBS`` to a task of their queue. A send that
+    fails (broker down) clears its jobs' stamp again, so the reconciler's next pass sends them; jobs whose sender
+    died before sending keep the stamp and are sent again once it is older than VLWATCH_REQUEUE_AFTER_SECONDS.
+    Returns how many jobs were sent."""
+    tasks: list[tuple[list[int], str]] = [([job_id], queue) for job_id, queue, attempts in jobs if attempts > 0]
+    fresh: dict[str, list[int]] = {}
+    for job_id, queue, attempts in jobs:
+        if attempts == 0:
+            fresh.setdefault(queue, []).append(job_id)
+    tasks += [(ids[i : i + TASK_JOBS], q) for q, ids in fresh.items() for i in range(0, len(ids), TASK_JOBS)]
+    failed: list[int] = []
+    for ids, queue in tasks:
+        try:
+            send_job(ids, queue)
+        except Exception as exc:  # noqa: BLE001 - broker down: the reconciler's next pass sends them
+            log.warning("could not send jobs %s (%s); the reconciler will send them", ids, exc)
+            failed += ids
+    if failed:
         with session_scope(db_url) as s:
-            s.execute(update(Job).where(Job.id.in_(sent)).values(sent_at=utcnow()))
-    return len(sent)
+            s.execute(update(Job).where(Job.id.in_(failed)).values(sent_at=None))
+    return sum(len(ids) for ids, _ in tasks) - len(failed)
 
 
 def register_and_send(

@@ -28,7 +28,7 @@ def queue_reprocess(session: Session, config: AppConfig, source: str, since: Opt
                     profile: Optional[str] = None) -> list[Registered]:
     """Queue a job of ``profile`` (default: the source's profile in the YAML file) for every image of ``source``
     that has a succeeded job, registered at or after ``since``; in the caller's transaction. Returns the new jobs
-    (send them with ``register.send_registered`` after commit)."""
+    (stamped sent: send them with ``register.send_registered`` after commit)."""
     source_id = session.execute(select(Source.id).where(Source.name == source)).scalar_one_or_none()
     if source_id is None:
         raise ReprocessError(f"no source {source!r} in the database (sources are made when images register)")
@@ -55,6 +55,6 @@ def queue_reprocess(session: Session, config: AppConfig, source: str, since: Opt
     jobs = Job.__table__
     rows = session.connection().execute(insert(jobs).returning(jobs.c.id, jobs.c.image_id), [
         {"image_id": i, "profile": profile, "queue": queue, "status": JobStatus.queued.value, "attempts": 0,
-         "queued_at": now} for i in image_ids])
+         "queued_at": now, "sent_at": now} for i in image_ids])
     keys = dict(session.execute(select(Image.id, Image.key).where(Image.id.in_(image_ids))).all())
     return [Registered(image_id, job_id, keys[image_id], queue) for job_id, image_id in rows]
