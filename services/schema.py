@@ -19,7 +19,7 @@ from sqlalchemy import (
     JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Text,
     TypeDecorator, UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -109,8 +109,6 @@ class Image(Base):
     uploaded_at: Mapped[Optional[datetime]] = mapped_column()  # the object's last-modified time in the store
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    source: Mapped[Optional[Source]] = relationship()
-
 
 class Job(Base):
     """One analysis of one image. An image has one job from registration and one more per ``vlwatch reprocess``;
@@ -134,8 +132,6 @@ class Job(Base):
     finished_at: Mapped[Optional[datetime]] = mapped_column()
     timings: Mapped[Optional[dict[str, Any]]] = mapped_column()  # stage -> seconds
     lineage: Mapped[Optional[list[Any]]] = mapped_column()  # one entry per analyzer run
-
-    image: Mapped[Image] = relationship()
 
 
 class _ResultMixin:
@@ -249,9 +245,6 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[Optional[datetime]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    event: Mapped[OutboxEvent] = relationship()
-    subscription: Mapped[WebhookSubscription] = relationship()
-
 
 class ConnectorTarget(Base):
     """A connector named in the YAML file (inventory or security database); synced at dispatcher start so that
@@ -282,9 +275,6 @@ class ConnectorDelivery(Base):
     last_error: Mapped[Optional[str]] = mapped_column(Text)  # the target database's message
     delivered_at: Mapped[Optional[datetime]] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-    event: Mapped[OutboxEvent] = relationship()
-    connector: Mapped[ConnectorTarget] = relationship()
 
 
 class ApiToken(Base):
