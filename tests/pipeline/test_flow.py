@@ -106,6 +106,24 @@ def test_task_is_sent_only_after_commit(runtime, db_url):
         assert s.get(Job, regs[0].job_id).sent_at is not None
 
 
+def test_a_reconciler_pass_between_commit_and_send_sends_nothing_twice(runtime, db_url):
+    """Registration stamps its jobs sent in the transaction that queues them: a reconciler pass that runs after
+    that commit and before the send (another worker's, say) finds nothing to send."""
+    from workers.lease import reconcile
+
+    sent: list[int] = []
+    passes: list[dict[str, int]] = []
+
+    def send_job(job_ids: list[int], queue: str) -> None:
+        passes.append(reconcile(db_url, lambda js, q: sent.extend(js), requeue_after=600))  # before this send
+        sent.extend(job_ids)
+
+    info = runtime.store.put("shelf/one-send.png", _label_files()[0].read_bytes())
+    (reg,) = register_and_send(db_url, runtime.config, runtime.store.bucket, [info], send_job)
+    assert passes == [{"reclaimed": 0, "resent": 0}]
+    assert sent == [reg.job_id]
+
+
 def test_broker_down_leaves_job_queued_and_reconciler_resends(runtime, db_url, send_job):
     from workers.lease import reconcile
 
