@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional, Sequence
 
 import orjson
-from sqlalchemy import Connection, Engine, Select, Table, create_engine, event
+from sqlalchemy import Connection, Engine, Select, Table, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+
+PG_CONNECT_TIMEOUT_S = 10  # seconds a PostgreSQL connect may take (a URL's own connect_timeout wins)
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
@@ -68,7 +70,12 @@ def _make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=dump_json)
+    # A server that drops packets instead of refusing them would hold a connect for the system's TCP timeout
+    # (minutes), and with it a worker's, the reconciler's or the dispatcher's loop: libpq's connect_timeout bounds
+    # it, unless the URL sets its own.
+    bounded = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=dump_json,
+                         connect_args=bounded)
 
 
 def sessionmaker_for(url: str) -> sessionmaker[Session]:
