@@ -1,6 +1,6 @@
 """``vlwatch upload`` against plain S3 PUTs of the same files with the same client and threads, in one run.
 
-    .venv/bin/python bench/upload.py [--images 2000] [--rounds 2]
+    .venv/bin/python bench/upload.py [--images 2000] [--rounds 5]
 
 Plain: read each file and PUT it (``S3Store.put``, 8 threads). Project: ``services.ingest.upload.upload`` over the
 same folder — read and hash, skip what is registered, PUT, register in PostgreSQL, send the Celery tasks to Redis
@@ -49,7 +49,7 @@ def make_images(folder: Path, n: int) -> list[Path]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
 
     from services.config import AppConfig, Profile, SourceConfig
