@@ -27,7 +27,7 @@ from sqlalchemy.exc import OperationalError
 
 from model.decode import BadImage, decode_image
 from services import metrics
-from services.ingest.register import SendJob
+from services.ingest.register import SendJob, send_stamped
 from services.storage import BadKey, ObjectNotFound, StorageUnavailable
 from workers.analyze import analyze, live
 from workers.commit import commit
@@ -120,11 +120,8 @@ def _batch_failed(rt: Runtime, work: list[Work], stage: str, exc: BaseException,
     note = f"its batch of {len(work)} jobs {what}; it runs again on its own"
     log.warning("a batch of %d jobs %s; each job runs again on its own", len(work), what)
     release(rt.db_url, rt.worker_id, [w.job_id for w in work], refund=False, note=note, resent=resend is not None)
-    for w in work if resend is not None else ():
-        try:
-            resend([w.job_id], w.queue)
-        except Exception as send_exc:  # noqa: BLE001 - broker down: the reconciler sends it
-            log.warning("job %s: could not send it again (%s); the reconciler will", w.job_id, send_exc)
+    if resend is not None:  # each was claimed before, so each goes in a task of its own
+        send_stamped(rt.db_url, [(w.job_id, w.queue, w.attempts) for w in work], resend)
     return [Outcome(w.job_id, "released", note) for w in work]
 
 
