@@ -73,7 +73,7 @@ class ObjectEvent:
             if not isinstance(value, str) or _SURROGATE.search(value):
                 raise NotificationError(f"{field_name}: expected UTF-8 text, got {value!r:.60}")
         size = self.size
-        if size is not None and (type(size) is not int or not 0 <= size < 2**63):
+        if size is not None and (type(size) is not int or not 0 <= size <= MAX_SIZE):
             raise NotificationError(f"size: expected a byte count, got {size!r:.40}")
         if self.event_time is not None and not isinstance(self.event_time, datetime):
             raise NotificationError(f"event_time: expected a time, got {self.event_time!r:.40}")
